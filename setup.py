@@ -1,0 +1,50 @@
+"""resunet_jax: decoupled magnitude/phase ResUNet music source separation in JAX/Flax."""
+import os
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+  LONG_DESCRIPTION = f.read()
+
+INSTALL_REQUIRES = [
+    "jax>=0.8",
+    "flax>=0.12",
+    "optax>=0.2.5",
+    "orbax-checkpoint>=0.11",
+    "ml-collections>=1.0",
+    "clu>=0.0.12",
+    "numpy>=1.26",
+    "scipy>=1.11",
+    "tensorflow-cpu>=2.18",  # tf.data and TFDS only; the model never runs in TF.
+    "tensorflow-datasets>=4.9.6",
+    "importlib_resources>=6",  # TFDS custom builders import it.
+    "museval>=0.4.1",  # pulls musdb and stempeg; stempeg needs the ffmpeg binary.
+    "soundfile>=0.12",
+    "absl-py>=2.0",
+    "tqdm>=4.60",
+]
+
+EXTRAS = {
+    # Reading the authors' .pth files and benchmarking against their PyTorch code.
+    # torch is the only extra needed to read .pth; bytesep itself must be installed with
+    # `pip install --no-deps bytesep` (its 2021 pins do not resolve today).
+    "torch": ["torch>=2.1"],
+    "test": ["pytest>=8", "pytest-timeout>=2.2"],
+}
+EXTRAS["dev"] = EXTRAS["test"] + EXTRAS["torch"] + ["torchlibrosa>=0.1.0"]
+
+setup(
+    name="resunet_jax",
+    version="0.1.0",
+    description=("JAX/Flax reimplementation of 'Decoupling Magnitude and Phase Estimation "
+                 "with Deep ResUNet for Music Source Separation' (Kong et al., ISMIR 2021)."),
+    long_description=LONG_DESCRIPTION,
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["resunet_jax", "resunet_jax.*"]),
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)
