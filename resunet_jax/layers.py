@@ -1,0 +1,284 @@
+"""Building blocks of the ResUNet and MobileNet separators (channels-last: (B, T, F, C)).
+
+Parameter names follow the authors' PyTorch modules (``bn1``, ``conv1``, ``abn2``, ``shortcut``,
+``conv_block1`` ...), so a state-dict key maps onto a Flax path by replacing dots with slashes.
+"""
+from typing import Any, Optional, Tuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+Dtype = Any
+
+LEAKY_SLOPE = 0.01
+# The authors' Conv2d weights are Xavier-uniform (gain 1), biases zero (REFERENCE §4.7). On HWIO
+# kernels flax's variance scaling takes fan_in = in*kh*kw and fan_out = out*kh*kw, as PyTorch does.
+conv_init = nn.initializers.xavier_uniform()
+
+
+def activation_fn(name):
+  if name == "leaky_relu":
+    return lambda x: nn.leaky_relu(x, LEAKY_SLOPE)
+  if name == "relu":
+    return nn.relu
+  raise ValueError(f"unknown activation {name!r}; expected 'leaky_relu' or 'relu'")
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm with PyTorch's semantics, synchronised over ``axis_name`` when it is set.
+
+  ``momentum`` is PyTorch's: running <- (1 - momentum) * running + momentum * batch statistic,
+  the running variance taking the unbiased batch variance, normalisation the biased one. With
+  ``axis_name`` the statistics are those of the global batch (like SyncBatchNorm): means of the
+  per-device moments, exact because every device holds the same number of elements.
+  ``activation`` turns it into InPlaceABN's activated BN (BN then leaky ReLU); a converted InPlaceABN
+  layer stores |gamma| + 1e-5 as its scale (REFERENCE §4.8).
+  """
+  momentum: float = 0.01
+  epsilon: float = 1e-5
+  feature_axis: int = -1
+  axis_name: Optional[str] = None
+  activation: Optional[str] = None
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    axis = self.feature_axis % x.ndim
+    features = x.shape[axis]
+    scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), self.param_dtype)
+    running_var = self.variable("batch_stats", "var", jnp.ones, (features,), self.param_dtype)
+    # Statistics in at least float32 whatever the compute dtype.
+    stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    xs = x.astype(stat_dtype)
+    reduce_axes = tuple(i for i in range(x.ndim) if i != axis)
+    shape = [1] * x.ndim
+    shape[axis] = features
+
+    if train:
+      count = 1
+      for i in reduce_axes:
+        count *= x.shape[i]
+      mean = jnp.mean(xs, axis=reduce_axes)
+      if self.axis_name is not None:
+        mean = lax.pmean(mean, self.axis_name)
+        count = count * lax.psum(1, self.axis_name)
+      var = jnp.mean(jnp.square(xs - mean.reshape(shape)), axis=reduce_axes)
+      if self.axis_name is not None:
+        var = lax.pmean(var, self.axis_name)
+      if not self.is_initializing():
+        unbiased = var * (count / jnp.maximum(count - 1, 1))
+        m = self.momentum
+        running_mean.value = ((1 - m) * running_mean.value + m * mean).astype(self.param_dtype)
+        running_var.value = ((1 - m) * running_var.value + m * unbiased).astype(self.param_dtype)
+    else:
+      mean, var = running_mean.value, running_var.value
+
+    mul = scale.astype(stat_dtype) * lax.rsqrt(var.astype(stat_dtype) + self.epsilon)
+    add = bias.astype(stat_dtype) - mean.astype(stat_dtype) * mul
+    y = xs * mul.reshape(shape) + add.reshape(shape)
+    if self.activation is not None:
+      y = activation_fn(self.activation)(y)
+    return y.astype(self.dtype or x.dtype)
+
+
+class _Base(nn.Module):
+  """Fields every block shares."""
+  activation: str = "leaky_relu"
+  momentum: float = 0.01
+  axis_name: Optional[str] = None
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  precision: Any = None
+
+  def bn(self, name, activation=None, momentum=None):
+    return BatchNorm(momentum=self.momentum if momentum is None else momentum,
+                     axis_name=self.axis_name, activation=activation, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name=name)
+
+  def conv(self, name, features, kernel=(3, 3), groups=1, bias=False):
+    if groups > 1:
+      assert groups == features and kernel == (3, 3) and not bias
+      return DepthwiseConv3x3(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    return nn.Conv(features, kernel, padding="SAME", use_bias=bias, feature_group_count=groups,
+                   kernel_init=conv_init, bias_init=nn.initializers.zeros, dtype=self.dtype,
+                   param_dtype=self.param_dtype, precision=self.precision, name=name)
+
+
+class DepthwiseConv3x3(nn.Module):
+  """3x3 depthwise conv, "SAME" padding, no bias; kernel (3, 3, 1, C) as ``nn.Conv`` stores it.
+
+  Written as nine shifted multiply-adds, which XLA fuses into one loop: on CPU this is ~15x
+  faster than the grouped convolution (measured 105 ms vs 1.6 s on a (1, 4032, 256, 32) input).
+  """
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1]
+    kernel = self.param("kernel", conv_init, (3, 3, 1, features), self.param_dtype)
+    dtype = self.dtype or jnp.promote_types(x.dtype, kernel.dtype)
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    t, f = x.shape[1], x.shape[2]
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = None
+    for a in range(3):
+      for b in range(3):
+        term = padded[:, a:a + t, b:b + f, :] * kernel[a, b, 0]
+        out = term if out is None else out + term
+    return out
+
+
+class ConvBlockRes(_Base):
+  """Pre-activation residual unit: BN-act-conv3x3-BN-act-conv3x3 plus (1x1-conv) shortcut.
+
+  ``second_norm="abn"`` is the paper model's InPlaceABN in the second position (``abn2``).
+  """
+  features: int = 32
+  second_norm: str = "bn"
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    act = activation_fn(self.activation)
+    h = act(self.bn("bn1")(x, train))
+    h = self.conv("conv1", self.features)(h)
+    if self.second_norm == "abn":
+      h = self.bn("abn2", activation="leaky_relu")(h, train)
+    elif self.second_norm == "bn":
+      h = act(self.bn("bn2")(h, train))
+    else:
+      raise ValueError(f"second_norm must be 'bn' or 'abn', got {self.second_norm!r}")
+    h = self.conv("conv2", self.features)(h)
+    if x.shape[-1] != self.features:
+      x = self.conv("shortcut", self.features, kernel=(1, 1), bias=True)(x)
+    return x + h
+
+
+class ResStage(_Base):
+  """``num_blocks`` ConvBlockRes units (``conv_block1`` ...); EncoderBlockRes4B without pooling."""
+  features: int = 32
+  num_blocks: int = 4
+  second_norm: str = "bn"
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for i in range(self.num_blocks):
+      x = ConvBlockRes(features=self.features, second_norm=self.second_norm,
+                       activation=self.activation, momentum=self.momentum,
+                       axis_name=self.axis_name, dtype=self.dtype, param_dtype=self.param_dtype,
+                       precision=self.precision, name=f"conv_block{i + 1}")(x, train)
+    return x
+
+
+def avg_pool(x, pool):
+  if tuple(pool) == (1, 1):
+    return x
+  return nn.avg_pool(x, tuple(pool), strides=tuple(pool), padding="VALID")
+
+
+class UpsampleConv(nn.Module):
+  """Transposed conv with kernel = stride (no overlap), as PyTorch's ConvTranspose2d(k=s, p=0).
+
+  out[b, s_t i + a, s_f j + c, o] = sum_ch x[b, i, j, ch] W[a, c, ch, o]; the kernel is stored as
+  (kT, kF, in, out) = PyTorch's (in, out, kT, kF) weight transposed by (2, 3, 0, 1).
+  """
+  features: int
+  factors: Tuple[int, int]
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    ft, ff = self.factors
+    kernel = self.param("kernel", conv_init, (ft, ff, x.shape[-1], self.features),
+                        self.param_dtype)
+    dtype = self.dtype or jnp.promote_types(x.dtype, kernel.dtype)
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    b, t, f, _ = x.shape
+    y = jnp.einsum("btfc,uvco->btufvo", x, kernel, precision=self.precision)
+    return y.reshape(b, t * ft, f * ff, self.features)
+
+
+class DecoderStage(_Base):
+  """DecoderBlockRes4B: BN-ReLU on the input, transposed-conv upsampling, concat with the skip
+  ([upsampled, skip]), then ``num_blocks`` ConvBlockRes units (``conv_block2`` ...)."""
+  features: int = 32
+  factors: Tuple[int, int] = (2, 2)
+  num_blocks: int = 4
+  second_norm: str = "bn"
+  input_activation: str = "relu"
+
+  @nn.compact
+  def __call__(self, x, skip, train: bool):
+    h = activation_fn(self.input_activation)(self.bn("bn1")(x, train))
+    h = UpsampleConv(self.features, tuple(self.factors), dtype=self.dtype,
+                     param_dtype=self.param_dtype, precision=self.precision, name="conv1")(h)
+    h = jnp.concatenate([h, skip.astype(h.dtype)], axis=-1)
+    for i in range(self.num_blocks):
+      h = ConvBlockRes(features=self.features, second_norm=self.second_norm,
+                       activation=self.activation, momentum=self.momentum,
+                       axis_name=self.axis_name, dtype=self.dtype, param_dtype=self.param_dtype,
+                       precision=self.precision, name=f"conv_block{2 + i}")(h, train)
+    return h
+
+
+class MobileNetConvBlock(_Base):
+  """Two inverted-residual-style halves (1x1 - depthwise 3x3 - 1x1, each conv pre-activated by
+  BN + leaky ReLU), the first with a 1x1 shortcut when the width changes (REFERENCE §4.5).
+  All six BNs use PyTorch's default momentum 0.1."""
+  features: int = 32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    act = activation_fn("leaky_relu")
+    out = self.features
+
+    def half(h, tag):
+      h = self.conv(f"conv{tag}a", out, kernel=(1, 1))(act(self.bn(f"bn{tag}a", momentum=0.1)(h, train)))
+      h = self.conv(f"conv{tag}b", out, groups=out)(act(self.bn(f"bn{tag}b", momentum=0.1)(h, train)))
+      h = self.conv(f"conv{tag}c", out, kernel=(1, 1))(act(self.bn(f"bn{tag}c", momentum=0.1)(h, train)))
+      return h
+
+    h = half(x, "1")
+    if x.shape[-1] != out:
+      x = self.conv("shortcut", out, kernel=(1, 1), bias=True)(x)
+    origin = x + h
+    return origin + half(origin, "2")
+
+
+class MobileNetEncoderStage(_Base):
+  """``num_blocks`` MobileNetConvBlocks (the authors have one, named ``conv_block``)."""
+  features: int = 32
+  num_blocks: int = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    kw = dict(momentum=self.momentum, axis_name=self.axis_name, dtype=self.dtype,
+              param_dtype=self.param_dtype, precision=self.precision)
+    for i in range(self.num_blocks):
+      name = "conv_block" if i == 0 else f"conv_block{i + 1}"
+      x = MobileNetConvBlock(features=self.features, name=name, **kw)(x, train)
+    return x
+
+
+class MobileNetDecoderStage(_Base):
+  """Nearest upsampling, BN + leaky ReLU, 1x1 conv (``conv1``), concat [up, skip], one block."""
+  features: int = 32
+  factors: Tuple[int, int] = (2, 2)
+
+  @nn.compact
+  def __call__(self, x, skip, train: bool):
+    ft, ff = self.factors
+    h = jnp.repeat(jnp.repeat(x, ft, axis=1), ff, axis=2)
+    h = activation_fn("leaky_relu")(self.bn("bn1")(h, train))
+    h = self.conv("conv1", self.features, kernel=(1, 1))(h)
+    h = jnp.concatenate([h, skip.astype(h.dtype)], axis=-1)
+    return MobileNetConvBlock(features=self.features, momentum=self.momentum,
+                              axis_name=self.axis_name, dtype=self.dtype,
+                              param_dtype=self.param_dtype, precision=self.precision,
+                              name="conv_block2")(h, train)
