@@ -309,7 +309,7 @@ def from_bytesep(source, arch=None, *, head_layout="v2", pqmf_filters=None, dtyp
     for path, leaf in _flatten(abstract[collection]).items():
       expected[(collection,) + path] = tuple(leaf.shape)
 
-  flat = {}
+  flat, seen = {}, set()
   for key, value in trainable.items():
     target = _target(key, value, fields["backbone"])
     if target is None:
@@ -320,13 +320,14 @@ def from_bytesep(source, arch=None, *, head_layout="v2", pqmf_filters=None, dtyp
     if full not in expected:
       problems["unknown"].append(key)
       continue
+    seen.add(full)
     if tuple(converted.shape) != expected[full]:
       problems["shape"].append(f"{key}: {tuple(value.shape)} does not fit {'/'.join(full)} "
                                f"{expected[full]}")
       continue
     flat[full] = np.asarray(converted, dtype)
   for full in expected:
-    if full not in flat:
+    if full not in seen:
       problems["missing"].append(_torch_key(full))
 
   if any(problems.values()):

@@ -85,3 +85,36 @@ def fixture_state_dict(arch, meta):
 def rel_l2(a, b):
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def forward(arch, dtype):
+  """(fixture data, output (B, 2, L), head (NCHW)) of the converted fixture model in ``dtype``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from resunet_jax import convert  # pylint: disable=g-import-not-at-top
+  data, meta = load_fixture(arch)
+  model, variables = convert.from_bytesep(fixture_state_dict(arch, meta), arch, dtype=dtype)
+  x = jnp.asarray(np.swapaxes(data["input"], 1, 2), dtype)  # (B, 2, L) -> (B, L, 2)
+  y, head = jax.jit(lambda v, x: model.apply(v, x, return_head=True))(variables, x)
+  y = np.swapaxes(np.asarray(y)[:, 0], 1, 2)  # one source -> (B, 2, L)
+  head = np.transpose(np.asarray(head), (0, 3, 1, 2))  # NHWC -> the fixture's NCHW
+  return data, y, head
+
+
+def forward_float64_in_subprocess(arch, tmp_dir):
+  """``forward(arch, float64)`` in a fresh process with x64 on and the default XLA:CPU flags off.
+
+  XLA:CPU's YNNPACK fusions (enabled by resunet_jax for float32 speed) make float64 convolutions
+  ~10x slower; the flag is process-wide, so float64 work runs in its own process.
+  """
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  out = os.path.join(str(tmp_dir), f"{arch}_f64.npz")
+  code = ("import sys, jax; jax.config.update('jax_enable_x64', True); import numpy as np; "
+          "import parity_utils as pu; _, y, h = pu.forward(sys.argv[1], np.float64); "
+          "np.savez(sys.argv[2], y=y, head=h)")
+  flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "ynn_fusion" not in f)
+  env = dict(os.environ, RESUNET_XLA_DEFAULTS="0", XLA_FLAGS=flags)
+  subprocess.run([sys.executable, "-c", code, arch, out], cwd=HERE, env=env, check=True)
+  with np.load(out) as f:
+    return f["y"], f["head"]
