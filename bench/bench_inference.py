@@ -1,0 +1,140 @@
+"""Inference speed of the three separators on 10 s of stereo audio, ours vs bytesep (PyTorch).
+
+    python bench/bench_inference.py [--archs ...] [--seconds 10] [--repeats 3]
+
+For every architecture it times, each in a fresh subprocess so that allocators and thread pools do
+not interfere:
+  * resunet_jax: one jit-compiled ``model.apply`` on a (1, L, 2) batch, after compilation
+    (median of --repeats), plus the FLOPs XLA's cost analysis reports, per second of audio;
+  * the same with tcmalloc preloaded (LD_PRELOAD), which speeds up CPU PyTorch 2-3x;
+  * bytesep's model (``bytesep_shim``) in eval mode under ``torch.no_grad`` with tcmalloc, when
+    torch, torchlibrosa and bytesep import (the subband models also need ../shared/data/pqmf).
+Weights are random: speed does not depend on them. Prints a table and the ratio bytesep / ours.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+ARCHS = ("mobilenet_subbandtime", "resunet143_subbandtime", "resunet143_ismir2021")
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+SAMPLE_RATE = 44100
+
+
+def _pqmf_dir():
+  path = os.environ.get("RESUNET_SHARED") or os.path.join(ROOT, "..", "shared")
+  return os.path.join(path, "data", "pqmf")
+
+
+def worker_jax(arch, seconds, repeats):
+  import resunet_jax  # pylint: disable=unused-import,g-import-not-at-top  (XLA flags first)
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from resunet_jax import models  # pylint: disable=g-import-not-at-top
+
+  model = models.build_model(arch)
+  variables = models.init_variables(model, jax.random.PRNGKey(0))
+  length = int(seconds * SAMPLE_RATE)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, length, 2)) * 0.1, jnp.float32)
+  fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  start = time.perf_counter()
+  compiled = fn.lower(variables, x).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  compiled(variables, x).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    compiled(variables, x).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return {"seconds": statistics.median(times), "compile_s": compile_s,
+          "gflops_per_audio_s": flops / seconds / 1e9}
+
+
+def worker_torch(arch, seconds, repeats):
+  sys.path.insert(0, HERE)
+  import bytesep_shim  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  model = bytesep_shim.make_model(arch, pqmf_dir=_pqmf_dir()).eval()
+  length = int(seconds * SAMPLE_RATE)
+  x = torch.randn(1, 2, length) * 0.1
+  with torch.no_grad():
+    model({"waveform": x})
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      model({"waveform": x})
+      times.append(time.perf_counter() - start)
+  return {"seconds": statistics.median(times), "threads": torch.get_num_threads()}
+
+
+def _run_worker(kind, arch, args, preload):
+  env = dict(os.environ)
+  if preload:
+    env["LD_PRELOAD"] = TCMALLOC
+  cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--archs", arch,
+         "--seconds", str(args.seconds), "--repeats", str(args.repeats)]
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+  for line in proc.stdout.splitlines()[::-1]:
+    if line.startswith("RESULT "):
+      return json.loads(line[len("RESULT "):])
+  tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+  return {"error": " | ".join(tail)}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--archs", nargs="+", default=list(ARCHS))
+  parser.add_argument("--seconds", type=float, default=10.0)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--no_torch", action="store_true")
+  parser.add_argument("--worker", choices=("jax", "torch"), default=None)
+  args = parser.parse_args()
+
+  if args.worker:
+    fn = worker_jax if args.worker == "jax" else worker_torch
+    try:
+      result = fn(args.archs[0], args.seconds, args.repeats)
+    except Exception as e:  # pylint: disable=broad-except
+      result = {"error": f"{type(e).__name__}: {e}"}
+    print("RESULT " + json.dumps(result), flush=True)
+    return
+
+  have_tcmalloc = os.path.exists(TCMALLOC)
+  print(f"# {args.seconds:g} s stereo at 44.1 kHz, batch 1, median of {args.repeats} runs after "
+        f"compile/warm-up; CPU cores: {os.cpu_count()}; tcmalloc: "
+        f"{'yes' if have_tcmalloc else 'not installed (apt-get install libtcmalloc-minimal4)'}")
+  header = (f"{'model':26s} {'ours s':>8s} {'ours+tcm s':>10s} {'compile s':>9s} "
+            f"{'GFLOP/audio s':>13s} {'bytesep+tcm s':>13s} {'bytesep/ours':>12s}")
+  print(header)
+  for arch in args.archs:
+    ours = _run_worker("jax", arch, args, preload=False)
+    ours_tc = _run_worker("jax", arch, args, preload=True) if have_tcmalloc else {}
+    theirs = ({"error": "skipped"} if args.no_torch
+              else _run_worker("torch", arch, args, preload=have_tcmalloc))
+    if "error" in ours:
+      print(f"{arch:26s} ours failed: {ours['error']}")
+      continue
+    best = min(ours["seconds"], ours_tc.get("seconds", float("inf")))
+    t_torch = theirs.get("seconds")
+    ratio = f"{t_torch / best:12.2f}" if t_torch else f"{'n/a':>12s}"
+    print(f"{arch:26s} {ours['seconds']:8.2f} {ours_tc.get('seconds', float('nan')):10.2f} "
+          f"{ours['compile_s']:9.1f} {ours['gflops_per_audio_s']:13.1f} "
+          f"{t_torch if t_torch else float('nan'):13.2f} {ratio}")
+    if "error" in theirs:
+      print(f"{'':26s} bytesep not timed: {theirs['error']}")
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  main()
