@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "soundfile>=0.12",
     "absl-py>=2.0",
     "tqdm>=4.60",
+    "tensorboard>=2.15",  # clu.metric_writers needs it for TensorBoard summaries
 ]
 
 EXTRAS = {

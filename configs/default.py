@@ -1,0 +1,65 @@
+r"""The paper's training recipe: ResUNet143 DecouplePlus (ISMIR 2021 model), vocals.
+
+REFERENCE §6.1: 3 s segments, global batch 16, Adam with PyTorch's amsgrad, lr 1e-3, linear warm-up
+over 1 000 updates then x0.9 every 15 000, L1 waveform loss, validation every 10 000 steps,
+500 001 updates (the authors' ``max_steps``; their ``step=500000.pth`` = our step 500001: a
+Lightning file ``step=n.pth`` holds the weights after n + 1 updates, our step counts updates).
+Every other config in this folder is derived from this one.
+
+  python train.py --config=configs/default.py --workdir=/tmp/resunet143_vocals \
+      --config.data.manual_dir=/data/musdb18
+
+Expected run time: accelerator work. Not measured on a GPU/TPU here; on the 2-core CPU one update at
+batch 1 takes ~34 s (bench/bench_train.py), i.e. ~9 min per update at batch 16. Without
+``manual_dir`` it trains on the small built-in data set.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+from resunet_jax.data import pipeline
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # model init, data sampling and the per-step RNG all derive from it.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.arch = "resunet143_ismir2021"  # a key of resunet_jax.models.ARCHITECTURES
+  # Smaller networks from the same blocks (None = the preset's value).
+  config.model.width = 1.0  # channel multiplier
+  config.model.levels = config_dict.placeholder(int)  # encoder levels kept (preset: 6)
+  config.model.blocks_per_stage = config_dict.placeholder(int)
+  config.model.center_blocks = config_dict.placeholder(int)
+  config.model.dtype = "float32"  # "bfloat16": bf16 compute on accelerators, float32 parameters
+
+  config.data = pipeline.default_data_config()  # "random" as data.name: no-TF tones in noise
+
+  config.global_batch_size = 16  # split over every device of every process
+  config.num_train_steps = 500_001
+  config.loss = "l1_wav"
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name="pytorch_amsgrad",  # torch.optim.Adam(amsgrad=True); or "optax_amsgrad", "adam", "sgd"
+      learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
+  config.schedule = ml_collections.ConfigDict(dict(
+      name="lambda_lr",  # or "constant"
+      warm_up_steps=1000, decay_steps=15000, decay_rate=0.9))
+
+  config.log_every_steps = 100
+  config.eval_every_steps = 10_000  # validation SDR (and audio examples); 0 = never
+  config.checkpoint_every_steps = 10_000
+  config.keep_checkpoints = 3  # the last k, plus the one with the best validation SDR
+  config.keep_best_checkpoint = True
+  config.async_checkpoints = True
+
+  config.validation = ml_collections.ConfigDict(dict(
+      num_segments=32,  # fixed held-out segments of data.validation_split
+      seed=0,
+      batch_size=16,  # global; rounded up to a multiple of the device count
+      window_seconds=1.0,  # SDR windows (museval: 1 s); median over windows, then over segments
+      audio_examples=2,  # validation separations written to TensorBoard as audio
+  ))
+
+  config.num_devices = 0  # 0: every device of every process; n: the first n (one process only)
+  config.compilation_cache_dir = ""  # persistent XLA cache ("" = off)
+  return config

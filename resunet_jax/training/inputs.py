@@ -1,0 +1,98 @@
+"""Training batches and validation segments for the loop, from ``config.data``.
+
+``data.name``:
+  * "musdb18": the tf.data pipeline of :mod:`resunet_jax.data.pipeline` (MUSDB18, or with
+    ``manual_dir=""`` the built-in synthetic tracks + the real stempeg excerpt);
+  * "random": tones-in-noise generated in numpy, no TensorFlow -- for tests and benchmarks.
+Either way example k of global step n is a pure function of (seed, n, k), so a run resumed at step n
+and a run split over several processes see exactly the batches of one uninterrupted run.
+"""
+from typing import Dict, Iterator
+
+import numpy as np
+
+SAMPLE_RATE = 44100
+
+
+def segment_samples(data_config) -> int:
+  return int(round(float(data_config.segment_seconds) * SAMPLE_RATE))
+
+
+def train_batches(config, *, start_step: int, process_index: int = 0, process_count: int = 1
+                  ) -> Iterator[Dict[str, np.ndarray]]:
+  """Host batches {"mixture": (B_host, L, 2), "targets": (B_host, S, L, 2)} from ``start_step``."""
+  data = config.data
+  if data.name == "random":
+    return RandomBatches(data, seed=config.seed, global_batch_size=config.global_batch_size,
+                         start_step=start_step, process_index=process_index,
+                         process_count=process_count)
+  from resunet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.train_batches(data, seed=config.seed, global_batch_size=config.global_batch_size,
+                                start_step=start_step, process_index=process_index,
+                                process_count=process_count)
+
+
+def validation_segments(config) -> Dict[str, np.ndarray]:
+  """{"mixture": (N, L, 2), "targets": (N, S, L, 2)}: the fixed held-out segments."""
+  val = config.validation
+  if config.data.name == "random":
+    gen = RandomBatches(config.data, seed=val.seed + 1_000_003, global_batch_size=val.num_segments)
+    return gen.batch(0)
+  from resunet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  out = pipeline.validation_segments(config.data, num_segments=val.num_segments, seed=val.seed)
+  return {"mixture": out["mixture"], "targets": out["targets"]}
+
+
+class RandomBatches:
+  """Tones in noise: input source j is two sines from its own octave band (at 110 * 4^j Hz and up)
+  with a random envelope; the last input source also carries white noise. Targets are the named
+  input sources, the mixture their sum -- separable, so a model learns something."""
+
+  def __init__(self, data_config, *, seed: int, global_batch_size: int, start_step: int = 0,
+               process_index: int = 0, process_count: int = 1):
+    if global_batch_size % process_count:
+      raise ValueError(f"global_batch_size {global_batch_size} is not divisible by the process "
+                       f"count {process_count}")
+    self.inputs = tuple(data_config.input_sources)
+    targets = tuple(data_config.target_sources)
+    missing = [t for t in targets if t not in self.inputs]
+    if missing:
+      raise ValueError(f"config.data.target_sources {missing} are not input sources "
+                       f"{self.inputs} (data.name='random' needs targets among the inputs)")
+    self.target_index = [self.inputs.index(t) for t in targets]
+    self.length = segment_samples(data_config)
+    self.seed = int(seed)
+    self.host_batch = global_batch_size // process_count
+    self.first_k = process_index * self.host_batch
+    self.step = int(start_step)
+
+  def example(self, step: int, k: int):
+    rng = np.random.default_rng([self.seed, int(step), int(k)])
+    t = np.arange(self.length) / SAMPLE_RATE
+    sources = np.empty((len(self.inputs), self.length, 2), np.float32)
+    for j in range(len(self.inputs)):
+      low = 110.0 * 4.0 ** j
+      freqs = rng.uniform(low, 2 * low, size=2)
+      phases = rng.uniform(0, 2 * np.pi, size=2)
+      amp = rng.uniform(0.03, 0.15, size=2)
+      pan = rng.uniform(0.3, 1.0, size=2)
+      rate = rng.uniform(0.5, 4.0)
+      envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rate * t + rng.uniform(0, 2 * np.pi))
+      tone = sum(a * np.sin(2 * np.pi * f * t + p) for a, f, p in zip(amp, freqs, phases))
+      sources[j] = (envelope * tone)[:, None] * pan[None, :]
+      if j == len(self.inputs) - 1:
+        sources[j] += 0.02 * rng.standard_normal((self.length, 2))
+    return sources.sum(axis=0), sources[self.target_index]
+
+  def batch(self, step: int):
+    pairs = [self.example(step, self.first_k + i) for i in range(self.host_batch)]
+    return {"mixture": np.stack([p[0] for p in pairs]).astype(np.float32),
+            "targets": np.stack([p[1] for p in pairs]).astype(np.float32)}
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    out = self.batch(self.step)
+    self.step += 1
+    return out
