@@ -5,7 +5,10 @@ Parameter names follow the authors' PyTorch modules (``bn1``, ``conv1``, ``abn2`
 """
 from typing import Any, Optional, Tuple
 
+import functools
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -103,9 +106,80 @@ class _Base(nn.Module):
     if groups > 1:
       assert groups == features and kernel == (3, 3) and not bias
       return DepthwiseConv3x3(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-    return nn.Conv(features, kernel, padding="SAME", use_bias=bias, feature_group_count=groups,
-                   kernel_init=conv_init, bias_init=nn.initializers.zeros, dtype=self.dtype,
-                   param_dtype=self.param_dtype, precision=self.precision, name=name)
+    return Conv(features, tuple(kernel), use_bias=bias, dtype=self.dtype,
+                param_dtype=self.param_dtype, precision=self.precision, name=name)
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv_same(x, kernel, precision):
+  return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_NHWC,
+                                  precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d_same(x, kernel, precision=None):
+  """Stride-1 "SAME" convolution, NHWC x HWIO, odd kernel sizes, with a faster weight gradient.
+
+  Values and gradients are those of ``lax.conv_general_dilated``. Only the kernel gradient is
+  computed differently: XLA:CPU lowers it as a "backprop-filter" convolution that runs 3-10x slower
+  than the forward pass; written as an ordinary forward convolution (batch = input channels,
+  features = batch, the output gradient as a T x F kernel) it takes the fast path and gives the same
+  numbers (measured on a (1, 320, 256, 32) 3x3 layer: 68 -> 24 ms, identical results).
+  """
+  return _conv_same(x, kernel, precision)
+
+
+def _conv2d_same_fwd(x, kernel, precision):
+  return _conv_same(x, kernel, precision), (x, kernel)
+
+
+def _kernel_gradient(x_pad, dy, precision):
+  """dW[a, b, i, o] = sum_{n,t,f} x_pad[n, t + a, f + b, i] dy[n, t, f, o], as a forward conv."""
+  lhs = jnp.transpose(x_pad, (3, 1, 2, 0))  # (I, T + kh - 1, F + kw - 1, N): batch = channels
+  rhs = jnp.transpose(dy, (1, 2, 0, 3))  # (T, F, N, O): the output gradient as the kernel
+  dk = lax.conv_general_dilated(lhs, rhs, (1, 1), "VALID", dimension_numbers=_NHWC,
+                                precision=precision)  # (I, kh, kw, O)
+  return jnp.transpose(dk, (1, 2, 0, 3))
+
+
+def _conv2d_same_bwd(precision, residuals, dy):
+  x, kernel = residuals
+  kh, kw = kernel.shape[:2]
+  # Input gradient: correlate with the spatially flipped kernel, in/out channels swapped.
+  dx = _conv_same(dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3), precision)
+  pt, pf = kh // 2, kw // 2
+  x_pad = jnp.pad(x, ((0, 0), (pt, pt), (pf, pf), (0, 0)))
+  return dx, _kernel_gradient(x_pad, dy, precision).astype(kernel.dtype)
+
+
+conv2d_same.defvjp(_conv2d_same_fwd, _conv2d_same_bwd)
+
+
+class Conv(nn.Module):
+  """Dense stride-1 "SAME" conv (odd kernel) with ``nn.Conv``'s parameters (``kernel`` HWIO,
+  optional ``bias``), computed by ``conv2d_same``."""
+  features: int
+  kernel_size: Tuple[int, int] = (3, 3)
+  use_bias: bool = False
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    kh, kw = self.kernel_size
+    if kh % 2 == 0 or kw % 2 == 0:
+      raise ValueError(f"Conv needs odd kernel sizes, got {self.kernel_size}")
+    kernel = self.param("kernel", conv_init, (kh, kw, x.shape[-1], self.features),
+                        self.param_dtype)
+    dtype = self.dtype or jnp.promote_types(x.dtype, kernel.dtype)
+    y = conv2d_same(x.astype(dtype), kernel.astype(dtype), self.precision)
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+      y = y + bias.astype(dtype)
+    return y
 
 
 class DepthwiseConv3x3(nn.Module):
@@ -180,12 +254,44 @@ def avg_pool(x, pool):
   return nn.avg_pool(x, tuple(pool), strides=tuple(pool), padding="VALID")
 
 
-class UpsampleConv(nn.Module):
-  """Transposed conv with kernel = stride (no overlap), as PyTorch's ConvTranspose2d(k=s, p=0).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def upsample_conv(x, kernel, precision=None):
+  """Transposed conv with kernel = stride: out[b, s_t i + a, s_f j + c, o] = sum_ch x[b, i, j, ch]
+  W[a, c, ch, o] for a kernel W (s_t, s_f, in, out).
 
-  out[b, s_t i + a, s_f j + c, o] = sum_ch x[b, i, j, ch] W[a, c, ch, o]; the kernel is stored as
-  (kT, kF, in, out) = PyTorch's (in, out, kT, kF) weight transposed by (2, 3, 0, 1).
+  One matmul to (B, T, F, s_t, s_f, O) and an interleaving transpose (2.5-4.6x faster on CPU than
+  the einsum with the interleave folded in); the kernel gradient goes through the same fast path as
+  ``conv2d_same``'s.
   """
+  b, t, f, c = x.shape
+  st, sf, _, o = kernel.shape
+  wm = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(c, st * sf * o)
+  y = jnp.dot(x.reshape(-1, c), wm, precision=precision).reshape(b, t, f, st, sf, o)
+  return jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(b, t * st, f * sf, o)
+
+
+def _upsample_conv_fwd(x, kernel, precision):
+  return upsample_conv(x, kernel, precision), (x, kernel)
+
+
+def _upsample_conv_bwd(precision, residuals, dy):
+  x, kernel = residuals
+  b, t, f, c = x.shape
+  st, sf, _, o = kernel.shape
+  dy = jnp.transpose(dy.reshape(b, t, st, f, sf, o), (0, 1, 3, 2, 4, 5))
+  dy = dy.reshape(b, t, f, st * sf * o)
+  wm = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(c, st * sf * o)
+  dx = jnp.dot(dy.reshape(-1, st * sf * o), wm.T, precision=precision).reshape(x.shape)
+  dk = _kernel_gradient(x, dy, precision).reshape(c, st, sf, o)  # a 1x1 "kernel" per (a, c)
+  return dx, jnp.transpose(dk, (1, 2, 0, 3)).astype(kernel.dtype)
+
+
+upsample_conv.defvjp(_upsample_conv_fwd, _upsample_conv_bwd)
+
+
+class UpsampleConv(nn.Module):
+  """PyTorch's ConvTranspose2d(k = s, padding 0, no bias) (see ``upsample_conv``); the kernel is
+  stored as (kT, kF, in, out) = PyTorch's (in, out, kT, kF) weight transposed by (2, 3, 0, 1)."""
   features: int
   factors: Tuple[int, int]
   dtype: Optional[Dtype] = None
@@ -198,10 +304,7 @@ class UpsampleConv(nn.Module):
     kernel = self.param("kernel", conv_init, (ft, ff, x.shape[-1], self.features),
                         self.param_dtype)
     dtype = self.dtype or jnp.promote_types(x.dtype, kernel.dtype)
-    x, kernel = x.astype(dtype), kernel.astype(dtype)
-    b, t, f, _ = x.shape
-    y = jnp.einsum("btfc,uvco->btufvo", x, kernel, precision=self.precision)
-    return y.reshape(b, t * ft, f * ff, self.features)
+    return upsample_conv(x.astype(dtype), kernel.astype(dtype), self.precision)
 
 
 class DecoderStage(_Base):

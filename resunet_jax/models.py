@@ -177,10 +177,9 @@ class Separator(nn.Module):
       h = self._mobilenet(h, train)
     else:
       raise ValueError(f"unknown backbone {self.backbone!r}")
-    head = nn.Conv(self.head_channels, (1, 1), use_bias=True, kernel_init=layers.conv_init,
-                   bias_init=nn.initializers.zeros, dtype=self.dtype,
-                   param_dtype=self.param_dtype, precision=self.precision,
-                   name="after_conv2")(h)  # (B, T_pad, F, S*C*K*N)
+    head = layers.Conv(self.head_channels, (1, 1), use_bias=True, dtype=self.dtype,
+                       param_dtype=self.param_dtype, precision=self.precision,
+                       name="after_conv2")(h)  # (B, T_pad, F, S*C*K*N)
     raw_head = head
 
     head = head.astype(front_dtype)

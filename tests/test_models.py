@@ -165,3 +165,38 @@ def test_bfloat16_compute_keeps_float32_params():
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables["params"]))
   y = model.apply(variables, jnp.ones((1, 11_025, 2)) * 0.1)
   assert y.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(y)))
+
+
+@pytest.mark.parametrize("kernel_size", [(1, 1), (3, 3)])
+def test_conv_gradients_equal_xla_convolution_gradients(kernel_size):
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal((2, 12, 10, 5)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal(kernel_size + (5, 7)), jnp.float32)
+  dy = jnp.asarray(rng.standard_normal((2, 12, 10, 7)), jnp.float32)
+
+  def reference(x, k):
+    return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  y, vjp = jax.vjp(lambda x, k: layers.conv2d_same(x, k), x, kernel)
+  y_ref, vjp_ref = jax.vjp(reference, x, kernel)
+  np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), atol=1e-5)
+  for got, want in zip(vjp(dy), vjp_ref(dy)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
+
+
+def test_upsampling_conv_gradients_equal_autodiff_of_the_definition():
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(rng.standard_normal((2, 3, 4, 5)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((2, 2, 5, 3)), jnp.float32)
+  dy = jnp.asarray(rng.standard_normal((2, 6, 8, 3)), jnp.float32)
+
+  def definition(x, k):
+    y = jnp.einsum("btfc,uvco->btufvo", x, k)
+    return y.reshape(2, 6, 8, 3)
+
+  y, vjp = jax.vjp(lambda x, k: layers.upsample_conv(x, k), x, kernel)
+  y_ref, vjp_ref = jax.vjp(definition, x, kernel)
+  np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), atol=1e-5)
+  for got, want in zip(vjp(dy), vjp_ref(dy)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
