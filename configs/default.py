@@ -30,6 +30,11 @@ def get_config():
   config.model.levels = config_dict.placeholder(int)  # encoder levels kept (preset: 6)
   config.model.blocks_per_stage = config_dict.placeholder(int)
   config.model.center_blocks = config_dict.placeholder(int)
+  # Ablations (None = the preset's value): resunet_jax.masks.MASKS ("decouple_plus",
+  # "decouple_plus_bounded", "decouple", "irm", "cirm"), "leaky_relu" | "relu", "bn" | "abn".
+  config.model.mask = config_dict.placeholder(str)
+  config.model.activation = config_dict.placeholder(str)
+  config.model.second_norm = config_dict.placeholder(str)
   config.model.dtype = "float32"  # "bfloat16": bf16 compute on accelerators, float32 parameters
 
   config.data = pipeline.default_data_config()  # "random" as data.name: no-TF tones in noise

@@ -347,3 +347,15 @@ def test_retention_keeps_the_last_k_and_the_best_validation_sdr(tmp_path):
     plain.save(_tiny_state(step), {"step": step})
   assert plain.all_steps() == [2] and plain.best_step() is None
   plain.close()
+
+
+def test_ablation_options_reach_the_model_and_bad_values_name_the_key():
+  config = smoke.get_config()
+  config.model.mask = "irm"
+  config.model.activation = "relu"
+  model = loop.build_model(config)
+  assert (model.mask, model.activation) == ("irm", "relu")
+  assert model.head_channels == len(config.data.target_sources) * 2 * 1 * max(model.subbands, 1)
+  config.model.mask = "ideal"
+  with pytest.raises(ValueError, match=r"config.model.mask: 'ideal' is not one of"):
+    loop.check_config(config)

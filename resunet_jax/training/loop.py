@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from resunet_jax import checkpoint as model_checkpoint
+from resunet_jax import masks
 from resunet_jax import models
 from resunet_jax.training import checkpointing
 from resunet_jax.training import inputs
@@ -56,6 +57,11 @@ def check_config(config) -> None:
     value = config.model.get(key)
     if value is not None and value < 1:
       fail(f"model.{key}", f"must be >= 1 (or None for the preset), got {value}")
+  for key, choices in (("mask", sorted(masks.MASKS)), ("activation", ["leaky_relu", "relu"]),
+                       ("second_norm", ["bn", "abn"])):
+    value = config.model.get(key)
+    if value is not None and value not in choices:
+      fail(f"model.{key}", f"{value!r} is not one of {choices} (or None for the preset)")
   if config.loss not in step_lib.LOSSES:
     fail("loss", f"unknown loss {config.loss!r}; expected one of {sorted(step_lib.LOSSES)}")
   if config.optimizer.name not in ("pytorch_amsgrad", "optax_amsgrad", "adam", "sgd"):
@@ -90,6 +96,9 @@ def build_model(config) -> models.Separator:
   for key in ("levels", "blocks_per_stage", "center_blocks"):
     if config.model.get(key) is not None:
       overrides[key] = int(config.model[key])
+  for key in ("mask", "activation", "second_norm"):
+    if config.model.get(key) is not None:
+      overrides[key] = str(config.model[key])
   if config.model.dtype == "bfloat16":
     overrides["dtype"] = jnp.bfloat16
   return models.build_model(config.model.arch, **overrides)
