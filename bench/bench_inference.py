@@ -12,17 +12,16 @@ not interfere:
 Weights are random: speed does not depend on them. Prints a table and the ratio bytesep / ours.
 """
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
+
+import workers  # bench/workers.py: this script's folder is first on sys.path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 ARCHS = ("mobilenet_subbandtime", "resunet143_subbandtime", "resunet143_ismir2021")
-TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 SAMPLE_RATE = 44100
 
 
@@ -79,17 +78,8 @@ def worker_torch(arch, seconds, repeats):
 
 
 def _run_worker(kind, arch, args, preload):
-  env = dict(os.environ)
-  if preload:
-    env["LD_PRELOAD"] = TCMALLOC
-  cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--archs", arch,
-         "--seconds", str(args.seconds), "--repeats", str(args.repeats)]
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-  for line in proc.stdout.splitlines()[::-1]:
-    if line.startswith("RESULT "):
-      return json.loads(line[len("RESULT "):])
-  tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-  return {"error": " | ".join(tail)}
+  return workers.run(__file__, ["--worker", kind, "--archs", arch, "--seconds", str(args.seconds),
+                                "--repeats", str(args.repeats)], tcmalloc=preload)
 
 
 def main():
@@ -107,10 +97,10 @@ def main():
       result = fn(args.archs[0], args.seconds, args.repeats)
     except Exception as e:  # pylint: disable=broad-except
       result = {"error": f"{type(e).__name__}: {e}"}
-    print("RESULT " + json.dumps(result), flush=True)
+    workers.report(result)
     return
 
-  have_tcmalloc = os.path.exists(TCMALLOC)
+  have_tcmalloc = workers.have_tcmalloc()
   print(f"# {args.seconds:g} s stereo at 44.1 kHz, batch 1, median of {args.repeats} runs after "
         f"compile/warm-up; CPU cores: {os.cpu_count()}; tcmalloc: "
         f"{'yes' if have_tcmalloc else 'not installed (apt-get install libtcmalloc-minimal4)'}")

@@ -21,18 +21,17 @@ The 143-layer models are timed on ``--big_seconds`` of audio (default 30 s = one
 implementations; 60 s would be three chunks of 30 s and ~3x the time); mobilenet on ``--seconds``.
 """
 import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
+import workers  # bench/workers.py: this script's folder is first on sys.path
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 ARCHS = ("mobilenet_subbandtime", "resunet143_subbandtime", "resunet143_ismir2021")
-TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 RATE = 44100
 SEGMENT = 1_323_000  # bytesep's 30 s
 
@@ -126,17 +125,8 @@ def worker_bytesep(arch, path):
 
 
 def run_worker(kind, arch, path, schemes=(), tcmalloc=False):
-  env = dict(os.environ)
-  if tcmalloc:
-    env["LD_PRELOAD"] = TCMALLOC
-  cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--archs", arch,
-         "--input", path, "--schemes", *schemes]
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-  for line in proc.stdout.splitlines()[::-1]:
-    if line.startswith("RESULT "):
-      return json.loads(line[len("RESULT "):])
-  tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-  return {"error": " | ".join(tail)}
+  return workers.run(__file__, ["--worker", kind, "--archs", arch, "--input", path, "--schemes",
+                                *schemes], tcmalloc=tcmalloc)
 
 
 def _load():
@@ -165,10 +155,10 @@ def main():
         result = worker_bytesep(args.archs[0], args.input)
     except Exception as e:  # pylint: disable=broad-except
       result = {"error": f"{type(e).__name__}: {e}"}
-    print("RESULT " + json.dumps(result), flush=True)
+    workers.report(result)
     return
 
-  have_tcmalloc = os.path.exists(TCMALLOC)
+  have_tcmalloc = workers.have_tcmalloc()
   began = time.perf_counter()
   print(f"# CPU cores: {os.cpu_count()}; tcmalloc: {'yes' if have_tcmalloc else 'no'}; "
         f"load average at start: {_load():.1f}", flush=True)

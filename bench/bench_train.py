@@ -19,13 +19,13 @@ takes a few minutes).
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
+import workers  # bench/workers.py: this script's folder is first on sys.path
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 ARCHS = ("resunet143_ismir2021", "resunet143_subbandtime", "mobilenet_subbandtime")
 PQMF_DIR = os.path.join(REPO, "..", "shared", "data", "pqmf")
 
@@ -124,22 +124,14 @@ def run_torch(arch, batch, seconds, steps, warmup):
 def _child(args):
   fn = run_jax if args.child == "jax" else run_torch
   result = fn(args.models, args.batch, args.seconds, args.steps, args.warmup)
-  print("RESULT " + json.dumps(result), flush=True)
+  workers.report(result)
 
 
 def _spawn(side, arch, args, preload):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-  if preload and os.path.exists(TCMALLOC):
-    env["LD_PRELOAD"] = TCMALLOC
-  cmd = [sys.executable, os.path.abspath(__file__), f"--child={side}", f"--models={arch}",
-         f"--batch={args.batch}", f"--seconds={args.seconds}", f"--steps={args.steps}",
-         f"--warmup={args.warmup}"]
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-  for line in proc.stdout.splitlines():
-    if line.startswith("RESULT "):
-      return json.loads(line[len("RESULT "):])
-  tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-  return {"error": " | ".join(tail)}
+  return workers.run(__file__, [f"--child={side}", f"--models={arch}", f"--batch={args.batch}",
+                                f"--seconds={args.seconds}", f"--steps={args.steps}",
+                                f"--warmup={args.warmup}"],
+                     tcmalloc=preload, env={"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
 
 
 def main():
@@ -161,7 +153,7 @@ def main():
   torch_reason = "--no_torch" if args.no_torch else bytesep_shim.available()
   print(f"# batch {args.batch} x {args.seconds} s stereo, {args.steps} timed steps after "
         f"{args.warmup} warm-up; CPU cores: {os.cpu_count()}; tcmalloc: "
-        f"{'yes' if os.path.exists(TCMALLOC) else 'no'} (ours: {args.jax_preload}); "
+        f"{'yes' if workers.have_tcmalloc() else 'no'} (ours: {args.jax_preload}); "
         f"bytesep: {torch_reason or 'yes'}", flush=True)
   rows = []
   for arch in args.models.split(","):

@@ -7,6 +7,8 @@ several; single-device tests simply use the first). Tests that need the authors'
 import os
 import sys
 
+import pytest
+
 import resunet_jax  # noqa: F401  (sets the XLA:CPU flags before JAX starts its backend)
 import jax
 
@@ -21,3 +23,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: takes more than ~20 s on 2 CPU cores")
   config.addinivalue_line("markers", "parity: compares with the authors' PyTorch outputs")
+
+
+@pytest.fixture(scope="module")
+def training_compilation_cache(tmp_path_factory):
+  """One persistent XLA compilation cache shared by the training tests of a session (the previous
+  cache setting is restored afterwards); its value is the cache directory."""
+  from resunet_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.getbasetemp() / "jax_cache")
+  previous = jax.config.jax_compilation_cache_dir
+  loop.use_compilation_cache(path)
+  yield path
+  cc.set_cache_dir(previous)
+  cc.reset_cache()

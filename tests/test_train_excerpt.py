@@ -19,14 +19,7 @@ from resunet_jax.training import step as step_lib  # noqa: E402
 STEPS = 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  previous = jax.config.jax_compilation_cache_dir
-  loop.use_compilation_cache(str(tmp_path_factory.getbasetemp() / "jax_cache"))
-  yield
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  cc.set_cache_dir(previous)
-  cc.reset_cache()
+pytestmark = pytest.mark.usefixtures("training_compilation_cache")
 
 
 def _excerpt_batch(config, batch_size):

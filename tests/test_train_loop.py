@@ -30,15 +30,9 @@ STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-  """One persistent XLA cache for this module and its subprocesses (restored afterwards)."""
-  path = str(tmp_path_factory.getbasetemp() / "jax_cache")
-  previous = jax.config.jax_compilation_cache_dir
-  loop.use_compilation_cache(path)
-  yield path
-  from jax.experimental.compilation_cache import compilation_cache as cc
-  cc.set_cache_dir(previous)
-  cc.reset_cache()
+def cache_dir(training_compilation_cache):
+  """The session's XLA cache directory, also handed to this module's subprocesses."""
+  return training_compilation_cache
 
 
 def _config(cache_dir, **overrides):
