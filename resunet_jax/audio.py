@@ -28,6 +28,8 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
+from resunet_jax import fileutil
+
 SAMPLE_RATE = 44100  # the models' rate (REFERENCE §0)
 DEFAULT_BLOCK_FRAMES = 1 << 16
 # Extensions a folder scan picks up (anything else must be named explicitly).
@@ -323,10 +325,7 @@ class AtomicAudioWriter:
       raise FileExistsError(f"{self.path} exists; not overwriting it (use --force)")
     self.clip = subtype.startswith("PCM")
     self.frames = 0
-    directory = os.path.dirname(self.path)
-    fd, self.tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.path) + ".partial-",
-                                    dir=directory)
-    os.close(fd)
+    self.tmp = fileutil.temp_file(self.path, tag="partial")
     try:
       self._file = sf.SoundFile(self.tmp, "w", samplerate=int(sample_rate), channels=channels,
                                 subtype=subtype, format=self.format)

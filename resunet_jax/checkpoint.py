@@ -15,10 +15,11 @@ delegated to ``resunet_jax.training.checkpointing``.
 import json
 import os
 import shutil
-import tempfile
 
 import jax
 import numpy as np
+
+from resunet_jax import fileutil
 
 FORMAT = "resunet_jax.model/1"
 MODEL_JSON = "model.json"
@@ -80,12 +81,9 @@ def model_from_description(desc, **overrides):
 
 
 def _atomic_json(path, obj):
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-  with os.fdopen(fd, "w") as f:
+  with fileutil.atomic_text_file(path) as f:
     json.dump(obj, f, indent=2, sort_keys=True)
     f.write("\n")
-  os.replace(tmp, path)
 
 
 def save_model(out_dir, model, variables, *, arch=None, sources=("vocals",), metadata=None,
@@ -98,7 +96,7 @@ def save_model(out_dir, model, variables, *, arch=None, sources=("vocals",), met
                           "--force to replace it)")
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".tmp-", dir=parent)
+  tmp = fileutil.temp_dir(parent, prefix="." + os.path.basename(out_dir) + ".tmp-")
   try:
     variables = jax.tree_util.tree_map(np.asarray, dict(variables))
     checkpointer = ocp.StandardCheckpointer()

@@ -53,11 +53,12 @@ import hashlib
 import json
 import multiprocessing
 import os
-import tempfile
 import warnings
 from typing import Dict, Iterable, Iterator, List, Sequence
 
 import numpy as np
+
+from resunet_jax import fileutil
 
 PROTOCOLS = ("authors", "sisec_joint")
 ORACLES = ("irm", "irm_unbounded", "cirm_bounded", "cirm")
@@ -134,17 +135,8 @@ def track_json(name, scores) -> str:
 
 
 def _atomic_write(path, text):
-  directory = os.path.dirname(path)
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".tmp-", dir=directory)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with fileutil.atomic_text_file(path) as f:
+    f.write(text)
 
 
 def _score_and_write(name, references, estimates, jobs):
@@ -301,14 +293,10 @@ def aggregate(eval_dir, method, protocol, split, names) -> dict:
 
 
 def _write_csv(path, header, rows):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".tmp-",
-                             dir=os.path.dirname(path))
-  with os.fdopen(fd, "w", newline="") as f:
+  with fileutil.atomic_text_file(path, newline="") as f:
     writer = csv.writer(f)
     writer.writerow(header)
     writer.writerows(rows)
-  os.replace(tmp, path)
 
 
 def format_table(summary) -> str:

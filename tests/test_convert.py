@@ -1,5 +1,6 @@
 """Checkpoint conversion: key mapping, refusal of bad files, model directories, the CLI."""
 import os
+import stat
 
 import jax
 import jax.numpy as jnp
@@ -130,6 +131,9 @@ def test_model_directory_round_trip_and_no_overwrite(tmp_path, mobilenet_state):
     checkpoint.save_model(out, model, variables, arch=ARCH)
   assert sorted(os.listdir(out)) == before
   assert [p for p in os.listdir(tmp_path) if p != "model"] == []  # no temporary left behind
+  umask = os.umask(0)
+  os.umask(umask)
+  assert stat.S_IMODE(os.stat(out).st_mode) == 0o777 & ~umask  # not mkdtemp's private 0700
 
 
 def test_cli_converts_npz_and_reports_errors(tmp_path, mobilenet_state, capsys):

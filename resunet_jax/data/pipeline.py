@@ -35,7 +35,6 @@ import gc
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import weakref
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -43,6 +42,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import ml_collections
 import numpy as np
 
+from resunet_jax import fileutil
 from resunet_jax.data import musdb18
 from resunet_jax.data import segment_cache
 from resunet_jax.data import stems_io
@@ -360,8 +360,7 @@ def builtin_manual_dir(cache_dir: Optional[str] = None, variant: str = "stem") -
     if os.path.isdir(path):
       return path
     os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f"{variant}.tmp-", dir=root)
-    os.chmod(tmp, 0o755)
+    tmp = fileutil.temp_dir(root, prefix=f"{variant}.tmp-")
     try:
       synthetic.write_musdb18(tmp, variant, tracks={"train": 4, "test": 2}, seconds=(12.0, 18.0),
                               seed=2021, with_example=True)

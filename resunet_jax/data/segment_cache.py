@@ -19,11 +19,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from typing import List, Optional
 
 import numpy as np
 
+from resunet_jax import fileutil
 from resunet_jax.data import stems_io
 
 _log = logging.getLogger(__name__)
@@ -112,8 +112,7 @@ def _write(builder, split: str, path: str, sources) -> None:
   from resunet_jax.data import tf_setup  # pylint: disable=g-import-not-at-top
   tf_setup.hide_accelerators_from_tf()
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=os.path.dirname(path))
-  os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared data.
+  tmp = fileutil.temp_dir(os.path.dirname(path), prefix=os.path.basename(path) + ".tmp-")
   try:
     skip = {s: tfds.decode.SkipDecoding() for s in stems_io.STEM_NAMES if s not in sources}
     ds = builder.as_dataset(split=musdb18.tfds_split(split, builder.info.splits),

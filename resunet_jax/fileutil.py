@@ -1,0 +1,53 @@
+"""Atomic writes with ordinary permissions.
+
+``tempfile.mkstemp``/``mkdtemp`` create private files (0600) and directories (0700); renamed into
+place they would leave a user's outputs -- separated audio, converted models, evaluation results --
+unreadable to everyone else. Everything written atomically here ends up with the permissions a
+plain ``open()``/``mkdir()`` would give under the process's umask.
+"""
+import contextlib
+import os
+import tempfile
+
+
+def _umask() -> int:
+  mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+  os.umask(mask)
+  return mask
+
+
+def make_public(path: str, directory: bool = False) -> None:
+  """Gives ``path`` the mode ``open()`` (0666) or ``mkdir()`` (0777) would under the umask."""
+  os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def temp_dir(parent: str, prefix: str) -> str:
+  """A new directory in ``parent`` to fill and rename into place, with ordinary permissions."""
+  path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+  make_public(path, directory=True)
+  return path
+
+
+def temp_file(path: str, tag: str = "tmp") -> str:
+  """A new empty file next to ``path`` (``.<name>.<tag>-XXXX``), with ordinary permissions."""
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{tag}-",
+                             dir=os.path.dirname(os.path.abspath(path)))
+  os.close(fd)
+  make_public(tmp)
+  return tmp
+
+
+@contextlib.contextmanager
+def atomic_text_file(path: str, newline=None):
+  """``with atomic_text_file(p) as f: f.write(...)``: ``p`` appears complete or not at all
+  (replacing an existing file); the parent directory is created when missing."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = temp_file(path)
+  try:
+    with open(tmp, "w", newline=newline) as f:
+      yield f
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
