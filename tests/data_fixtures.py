@@ -46,12 +46,7 @@ def data_config(mini_data, variant="stem", **overrides):
   cfg.variant = variant
   cfg.manual_dir = mini_data["manual"][variant]
   cfg.data_dir = mini_data["data_dir"]
-  for key, value in overrides.items():
-    node = cfg
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
+  cfg.update_from_flattened_dict(overrides)  # keys may be dotted: "augment.remix"
   return cfg
 
 

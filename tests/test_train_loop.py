@@ -41,12 +41,7 @@ def _config(cache_dir, **overrides):
   config.checkpoint_every_steps = 1
   config.keep_checkpoints = STEPS
   config.compilation_cache_dir = cache_dir
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)  # keys may be dotted: "data.name"
   return config
 
 
