@@ -28,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from resunet_jax import checkpoint as model_checkpoint
+from resunet_jax import fileutil
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_JSON = "config.json"
@@ -148,11 +149,9 @@ def _jsonable(value):
 def write_config(workdir: str, config) -> str:
   """Writes ``config`` as JSON into ``workdir`` (atomically); returns the path."""
   path = os.path.join(workdir, CONFIG_JSON)
-  tmp = path + f".tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
+  with fileutil.atomic_text_file(path) as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     f.write("\n")
-  os.replace(tmp, path)
   return path
 
 
