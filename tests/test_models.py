@@ -167,7 +167,7 @@ def test_bfloat16_compute_keeps_float32_params():
   assert y.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(y)))
 
 
-@pytest.mark.parametrize("kernel_size", [(1, 1), (3, 3)])
+@pytest.mark.parametrize("kernel_size", [(1, 1), (3, 3), (3, 5)])
 def test_conv_gradients_equal_xla_convolution_gradients(kernel_size):
   rng = np.random.default_rng(5)
   x = jnp.asarray(rng.standard_normal((2, 12, 10, 5)), jnp.float32)
@@ -183,6 +183,20 @@ def test_conv_gradients_equal_xla_convolution_gradients(kernel_size):
   np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), atol=1e-5)
   for got, want in zip(vjp(dy), vjp_ref(dy)):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel_size", [(3, 3), (5, 3)])
+def test_cpu_kernel_gradient_equals_the_one_used_on_accelerators(kernel_size):
+  # conv2d_same picks its kernel gradient per platform (lax.platform_dependent); this CPU test
+  # checks the GPU/TPU branch against the CPU one directly.
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.standard_normal((2, 9, 11, 4)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal(kernel_size + (4, 6)), jnp.float32)
+  dy = jnp.asarray(rng.standard_normal((2, 9, 11, 6)), jnp.float32)
+  cpu = layers._kernel_gradient_cpu(x, dy, *kernel_size, None)
+  accelerator = layers._kernel_gradient_xla(x, dy, kernel, None)
+  assert cpu.shape == accelerator.shape == kernel.shape
+  np.testing.assert_allclose(np.asarray(cpu), np.asarray(accelerator), rtol=1e-5, atol=1e-4)
 
 
 def test_upsampling_conv_gradients_equal_autodiff_of_the_definition():
