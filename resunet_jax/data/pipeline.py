@@ -54,7 +54,6 @@ SOURCE_STEMS: Dict[str, Tuple[str, ...]] = {
     "drums": ("drums",), "bass": ("bass",), "other": ("other",), "vocals": ("vocals",),
     "accompaniment": ("drums", "bass", "other"),
 }
-EVAL_SOURCES = ("drums", "bass", "other", "vocals", "accompaniment")
 BUILTIN_VERSION = "v1"  # bump when the built-in data set's contents change.
 
 
