@@ -110,3 +110,22 @@ def test_per_device_step_without_mesh_is_a_plain_training_step():
   changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), state.params,
                                    new_state.params)
   assert all(jax.tree_util.tree_leaves(changed))
+
+
+def _all_reduces(devices):
+  config = _config()
+  mesh = step_lib.make_mesh(devices)
+  model = loop.build_model(config)
+  tx = optim.make_optimizer(config)
+  state = state_lib.init_train_state(model, tx, config.seed, sharding=step_lib.replicated(mesh))
+  batch = step_lib.global_batch(
+      mesh, inputs.RandomBatches(config.data, seed=0, global_batch_size=2).batch(0))
+  step = step_lib.make_train_step(mesh, model, tx, optim.make_schedule(config))
+  return step.lower(state, batch).compile().as_text().count("all-reduce(")
+
+
+def test_one_device_mesh_has_no_collectives_and_two_devices_do():
+  """Gradient and BatchNorm means are skipped on a one-device axis (an all-reduce over one device
+  is a copy of every gradient: 0.27 -> 0.29 steps/s for the subband ResUNet143 on this CPU)."""
+  assert _all_reduces(jax.devices()[:1]) == 0
+  assert _all_reduces(jax.devices()[:2]) > 0

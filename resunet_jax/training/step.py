@@ -19,6 +19,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from resunet_jax import layers
 from resunet_jax import models
 from resunet_jax.training import sdr as sdr_lib
 from resunet_jax.training import state as state_lib
@@ -75,8 +76,8 @@ def train_step(state: state_lib.TrainState, batch: Dict[str, jax.Array], rng: ja
 
   (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
   if axis_name is not None:
-    grads = lax.pmean(grads, axis_name)
-    loss = lax.pmean(loss, axis_name)
+    grads = layers.axis_mean(grads, axis_name)
+    loss = layers.axis_mean(loss, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {
