@@ -193,10 +193,13 @@ def test_cpu_kernel_gradient_equals_the_one_used_on_accelerators(kernel_size):
   x = jnp.asarray(rng.standard_normal((2, 9, 11, 4)), jnp.float32)
   kernel = jnp.asarray(rng.standard_normal(kernel_size + (4, 6)), jnp.float32)
   dy = jnp.asarray(rng.standard_normal((2, 9, 11, 6)), jnp.float32)
-  cpu = layers._kernel_gradient_cpu(x, dy, *kernel_size, None)
   accelerator = layers._kernel_gradient_xla(x, dy, kernel, None)
-  assert cpu.shape == accelerator.shape == kernel.shape
-  np.testing.assert_allclose(np.asarray(cpu), np.asarray(accelerator), rtol=1e-5, atol=1e-4)
+  # One block of rows (the default at this size), then blocks of 4, 4 and 1 rows and of 1 row.
+  row_bytes = 2 * (11 + kernel_size[1] - 1) * 6 * 4
+  for block_bytes in (None, 4 * row_bytes, 1):
+    cpu = layers._kernel_gradient_cpu(x, dy, *kernel_size, None, block_bytes=block_bytes)
+    assert cpu.shape == accelerator.shape == kernel.shape
+    np.testing.assert_allclose(np.asarray(cpu), np.asarray(accelerator), rtol=1e-5, atol=1e-4)
 
 
 def test_upsampling_conv_gradients_equal_autodiff_of_the_definition():
