@@ -138,7 +138,7 @@ def conv2d_same(x, kernel, precision=None):
     that runs 3-10x slower than the forward pass; written as an ordinary forward convolution
     (batch = input channels, features = batch, the output gradient as a T x F kernel), one per
     block of time rows (``_kernel_gradient_cpu``), it takes the fast path and gives the same
-    numbers (a (1, 320, 1024, 32) 3x3 layer: 140 ms -> 60 ms). On GPU and
+    numbers (a (1, 320, 1024, 32) 3x3 layer: 130-165 ms -> 44 ms). On GPU and
     TPU (``lax.platform_dependent``) XLA's own kernel gradient is used: cuDNN and the TPU compiler
     have fast native ones and the rewrite was not measured there.
   """
