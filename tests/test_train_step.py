@@ -27,10 +27,16 @@ def _config():
   return config
 
 
-def _train(config, tx, devices, num_steps):
+def _setup(config, tx, devices):
+  """(mesh, model, replicated initial state) for ``devices``."""
   mesh = step_lib.make_mesh(devices)
   model = loop.build_model(config)
   state = state_lib.init_train_state(model, tx, config.seed, sharding=step_lib.replicated(mesh))
+  return mesh, model, state
+
+
+def _train(config, tx, devices, num_steps):
+  mesh, model, state = _setup(config, tx, devices)
   train_step = step_lib.make_train_step(mesh, model, tx, optim.make_schedule(config))
   batches = inputs.train_batches(config, start_step=0)
   losses = []
@@ -76,9 +82,7 @@ def test_one_device_and_eight_devices_give_the_same_parameters():
       jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(init.params)))
   assert moved > 1e-3
   # Without synchronised BatchNorm the 8-device run differs (per-device statistics).
-  mesh = step_lib.make_mesh(jax.devices()[:8])
-  model = loop.build_model(config)
-  state = state_lib.init_train_state(model, tx, config.seed, sharding=step_lib.replicated(mesh))
+  mesh, model, state = _setup(config, tx, jax.devices()[:8])
   batch = step_lib.global_batch(mesh, next(inputs.train_batches(config, start_step=0)))
   unsynced = jax.jit(jax.shard_map(
       lambda s, b, r: step_lib.train_step(s, b, r, model=model, tx=tx,
@@ -114,10 +118,8 @@ def test_per_device_step_without_mesh_is_a_plain_training_step():
 
 def _all_reduces(devices):
   config = _config()
-  mesh = step_lib.make_mesh(devices)
-  model = loop.build_model(config)
   tx = optim.make_optimizer(config)
-  state = state_lib.init_train_state(model, tx, config.seed, sharding=step_lib.replicated(mesh))
+  mesh, model, state = _setup(config, tx, devices)
   batch = step_lib.global_batch(
       mesh, inputs.RandomBatches(config.data, seed=0, global_batch_size=2).batch(0))
   step = step_lib.make_train_step(mesh, model, tx, optim.make_schedule(config))
