@@ -46,6 +46,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["resunet_jax", "resunet_jax.*"]),
     include_package_data=True,
+    package_data={"resunet_jax": ["csrc/*.cc", "csrc/*.inc"]},  # compiled on first use
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
 )

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from resunet_jax import cpu_kernels
+
 Dtype = Any
 
 LEAKY_SLOPE = 0.01
@@ -135,12 +137,13 @@ def conv2d_same(x, kernel, precision=None):
   * 1x1 kernels: one matmul x^T dy (1.5-2.2x faster than the convolution on CPU; MobileNet train
     step 1.21 -> 1.35 steps/s);
   * larger kernels on CPU: XLA:CPU lowers the kernel gradient as a "backprop-filter" convolution
-    that runs 3-10x slower than the forward pass; written as an ordinary forward convolution
-    (batch = input channels, features = batch, the output gradient as a T x F kernel), one per
-    block of time rows (``_kernel_gradient_cpu``), it takes the fast path and gives the same
-    numbers (a (1, 320, 1024, 32) 3x3 layer: 130-165 ms -> 44 ms). On GPU and
-    TPU (``lax.platform_dependent``) XLA's own kernel gradient is used: cuDNN and the TPU compiler
-    have fast native ones and the rewrite was not measured there.
+    that runs 3-10x slower than the forward pass. For float32 with a multiple of 16 output
+    channels a C++ kernel computes it (``cpu_kernels``, an XLA FFI call: a (1, 320, 1024, 32) 3x3
+    layer 130-165 ms -> 22 ms); otherwise, or where that kernel cannot be built, it is written as
+    ordinary forward convolutions (batch = input channels, features = batch, the output gradient
+    as a T x F kernel), one per block of time rows (``_kernel_gradient_cpu``, same layer: 44 ms).
+    On GPU and TPU (``lax.platform_dependent``) XLA's own kernel gradient is used: cuDNN and the
+    TPU compiler have fast native ones and the rewrites were not measured there.
   """
   return _conv_same(x, kernel, precision)
 
@@ -184,6 +187,31 @@ def _kernel_gradient_cpu(x, dy, kh, kw, precision, block_bytes=None):
   return jnp.transpose(dk, (1, 2, 0, 3))
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _kernel_gradient_ffi(x, dy, kh, kw, precision):
+  """``_kernel_gradient_cpu`` computed by the C++ kernel (``cpu_kernels``); float32, CPU only."""
+  del precision  # float32 products, float32 sums
+  return cpu_kernels.conv_kernel_grad(x, dy, kh, kw)
+
+
+@_kernel_gradient_ffi.defjvp
+def _kernel_gradient_ffi_jvp(kh, kw, precision, primals, tangents):
+  # dW is bilinear in (x, dy); the tangent goes through the XLA version, which JAX can transpose
+  # (gradients of gradients).
+  (x, dy), (x_dot, dy_dot) = primals, tangents
+  out = _kernel_gradient_ffi(x, dy, kh, kw, precision)
+  return out, (_kernel_gradient_cpu(x_dot, dy, kh, kw, precision)
+               + _kernel_gradient_cpu(x, dy_dot, kh, kw, precision))
+
+
+def _kernel_gradient_cpu_best(x, dy, kh, kw, precision):
+  # Decided while tracing: only where the default backend is the CPU (no compiling on GPU/TPU
+  # hosts, whose CPU branch is traced but not lowered).
+  if jax.default_backend() == "cpu" and cpu_kernels.supports(x, dy):
+    return _kernel_gradient_ffi(x, dy, kh, kw, precision)
+  return _kernel_gradient_cpu(x, dy, kh, kw, precision)
+
+
 def _kernel_gradient_xla(x, dy, kernel, precision):
   """XLA's own kernel gradient of ``_conv_same`` (the transpose of the convolution)."""
   _, vjp = jax.vjp(lambda k: _conv_same(x, k, precision), kernel)
@@ -200,7 +228,7 @@ def _conv2d_same_bwd(precision, residuals, dy):
     dk = dk.reshape(kernel.shape)
   else:
     dk = lax.platform_dependent(
-        x, dy, cpu=lambda a, b: _kernel_gradient_cpu(a, b, kh, kw, precision),
+        x, dy, cpu=lambda a, b: _kernel_gradient_cpu_best(a, b, kh, kw, precision),
         default=lambda a, b: _kernel_gradient_xla(a, b, kernel, precision))
   return dx, dk.astype(kernel.dtype)
 
