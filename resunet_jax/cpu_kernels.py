@@ -1,11 +1,13 @@
-"""A C++ CPU kernel for the weight gradient of ``layers.conv2d_same`` (an XLA FFI custom call).
+"""C++ CPU kernels for the gradients of ``layers.conv2d_same`` (XLA FFI custom calls).
 
 XLA:CPU has no fast kernel gradient for stride-1 convolutions; ``layers._kernel_gradient_cpu``
 rewrites it as blocked forward convolutions, which reach about half of what the CPU can do.
-``csrc/conv_kernel_grad.cc`` computes it directly (register-tiled, AVX-512 / AVX2 / generic
+``csrc/conv_grads.cc`` computes it directly (register-tiled, AVX-512 / AVX2 / generic
 copies chosen at run time, split over XLA's intra-op threads); measured on a 2-core Xeon, 3x3
 layers (1, T, F, C): (320, 1024, 32) 44 -> 22 ms, (160, 512, 64) 35 -> 20 ms, (80, 256, 128)
-27 -> 20 ms (``bench/bench_conv_grad.py``).
+27 -> 20 ms (``bench/bench_conv_grad.py``). It also flips and transposes the kernel for the input
+gradient (``flip_swap``): XLA's fused reverse + transpose of a (3, 3, 384, 384) kernel takes 1.3 ms,
+this 0.5 ms; the subband ResUNet143 has 61 such layers.
 
 The source is compiled on first use with the system C++ compiler (``$CXX``, else ``c++``, ``g++``
 or ``clang++``; about 5 s) into a cache directory (``$RESUNET_JAX_KERNEL_CACHE``, else
@@ -32,7 +34,9 @@ import jaxlib
 import numpy as np
 
 TARGET = "resunet_conv_kernel_grad_f32"
-SOURCES = ("conv_kernel_grad.cc", "conv_kernel_grad_rows.inc")
+FLIP_SWAP_TARGET = "resunet_flip_swap_f32"
+CONV_TARGET = "resunet_conv_f32"
+SOURCES = ("conv_grads.cc", "conv_grads_rows.inc")
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 # Output channels must be a multiple of this (the widest vector, AVX-512's 16 floats).
 CHANNEL_MULTIPLE = 16
@@ -72,7 +76,7 @@ def _library_name(compiler):
   h.update(compiler.encode())
   h.update(" ".join(CXXFLAGS).encode())
   h.update(os.uname().machine.encode())
-  return f"conv_kernel_grad-{h.hexdigest()[:16]}.so"
+  return f"conv_grads-{h.hexdigest()[:16]}.so"
 
 
 def build(compiler=None, directory=None):
@@ -110,6 +114,10 @@ def load():
         lib = ctypes.CDLL(path)
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.ResunetConvKernelGradF32),
                                     platform="cpu")
+        jax.ffi.register_ffi_target(CONV_TARGET, jax.ffi.pycapsule(lib.ResunetConvF32),
+                                    platform="cpu")
+        jax.ffi.register_ffi_target(FLIP_SWAP_TARGET, jax.ffi.pycapsule(lib.ResunetFlipSwapF32),
+                                    platform="cpu")
         _state.update(loaded=True, path=path)
       except Exception as e:  # pylint: disable=broad-except
         _state.update(loaded=False, error=f"{type(e).__name__}: {e}")
@@ -133,3 +141,38 @@ def conv_kernel_grad(x, dy, kh, kw, isa=ISA_AUTO):
   """
   out = jax.ShapeDtypeStruct((kh, kw, x.shape[-1], dy.shape[-1]), jnp.float32)
   return jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(x, dy, isa=np.int64(isa))
+
+
+def conv(x, kernel, isa=ISA_AUTO):
+  """Stride-1 "SAME" convolution, x (N, T, F, I) NHWC, kernel (kh, kw, I, O) HWIO, float32.
+
+  CPU only (an XLA custom call); call ``load()`` first. Not differentiable by itself (see
+  ``layers._conv_same``).
+  """
+  n, t, f, _ = x.shape
+  out = jax.ShapeDtypeStruct((n, t, f, kernel.shape[-1]), jnp.float32)
+  return jax.ffi.ffi_call(CONV_TARGET, out, vmap_method="sequential")(x, kernel,
+                                                                       isa=np.int64(isa))
+
+
+def flip_swap(kernel):
+  """(kh, kw, I, O) -> (kh, kw, O, I), spatially flipped: the kernel of the input gradient.
+
+  float32, CPU only (an XLA custom call); call ``load()`` first. Differentiable in reverse mode
+  (the map is a permutation that is its own inverse and transpose).
+  """
+  return _flip_swap(kernel)
+
+
+def _flip_swap_call(kernel):
+  kh, kw, i, o = kernel.shape
+  out = jax.ShapeDtypeStruct((kh, kw, o, i), jnp.float32)
+  return jax.ffi.ffi_call(FLIP_SWAP_TARGET, out, vmap_method="sequential")(kernel)
+
+
+@jax.custom_vjp
+def _flip_swap(kernel):
+  return _flip_swap_call(kernel)
+
+
+_flip_swap.defvjp(lambda k: (_flip_swap_call(k), None), lambda _, g: (_flip_swap(g),))

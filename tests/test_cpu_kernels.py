@@ -66,6 +66,41 @@ def test_kernel_gradient_equals_xla(shape):
                                err_msg=f"isa {isa}")
 
 
+# (N, T, F, I, O, kh, kw) for the forward convolution.
+CONV_SHAPES = [
+    (2, 5, 30, 3, 16, 3, 3),    # rows of 30 pixels: tiles of 12, 12, 4, single pixels, edges
+    (1, 4, 2, 32, 48, 3, 5),    # rows shorter than the kernel: every pixel is an edge pixel
+    (1, 37, 64, 32, 32, 3, 3),  # the model's shape class (32 -> 32)
+    (3, 1, 1, 8, 32, 1, 1),     # 1x1 kernel, one pixel
+]
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_convolution_equals_xla(shape):
+  x, _ = _operands(shape)
+  kh, kw = shape[5:]
+  rng = np.random.default_rng(4)
+  kernel = jnp.asarray(rng.standard_normal((kh, kw, shape[3], shape[4])), jnp.float32)
+  want = np.asarray(layers._conv_same_xla(x, kernel, lax.Precision.HIGHEST))
+  for isa in _isas():
+    got = np.asarray(jax.jit(lambda a, k, isa=isa: cpu_kernels.conv(a, k, isa))(x, kernel))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                               err_msg=f"isa {isa}")
+
+
+@pytest.mark.parametrize("channels", [(5, 3), (128, 128), (384, 256)])
+def test_flip_swap_and_its_gradient(channels):
+  rng = np.random.default_rng(6)
+  kernel = jnp.asarray(rng.standard_normal((3, 5) + channels), jnp.float32)
+  assert cpu_kernels.load()
+  want = np.asarray(jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
+  np.testing.assert_array_equal(np.asarray(jax.jit(cpu_kernels.flip_swap)(kernel)), want)
+  cot = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+  _, vjp = jax.vjp(cpu_kernels.flip_swap, kernel)
+  _, vjp_ref = jax.vjp(lambda k: jnp.flip(k, (0, 1)).swapaxes(2, 3), kernel)
+  np.testing.assert_array_equal(np.asarray(vjp(cot)[0]), np.asarray(vjp_ref(cot)[0]))
+
+
 def test_result_does_not_depend_on_the_thread_count(tmp_path):
   shape = (1, 40, 256, 32, 32, 3, 3)
   x, dy = _operands(shape, seed=3)
@@ -95,17 +130,27 @@ def _grad_hlo(x, kernel):
   return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel).as_text()
 
 
-def test_conv2d_same_uses_the_kernel_only_where_it_applies(monkeypatch):
+def test_conv2d_same_uses_the_kernels_only_where_they_apply(monkeypatch):
+  targets = (cpu_kernels.TARGET, cpu_kernels.CONV_TARGET, cpu_kernels.FLIP_SWAP_TARGET)
+
+  def used(x, kernel):
+    hlo = _grad_hlo(x, kernel)
+    return {t for t in targets if t in hlo}
+
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal((1, 8, 8, 4)), jnp.float32)
-  assert cpu_kernels.TARGET in _grad_hlo(x, jnp.ones((3, 3, 4, 16), jnp.float32))
+  assert used(x, jnp.ones((3, 3, 4, 16), jnp.float32)) == {cpu_kernels.TARGET,
+                                                           cpu_kernels.CONV_TARGET}
+  x128 = jnp.asarray(rng.standard_normal((1, 4, 4, 128)), jnp.float32)
+  assert used(x128, jnp.ones((3, 3, 128, 128), jnp.float32)) == {cpu_kernels.TARGET,
+                                                                 cpu_kernels.FLIP_SWAP_TARGET}
   # 8 output channels (not a multiple of 16), bfloat16, 1x1 kernels (a matmul), switched off.
-  assert cpu_kernels.TARGET not in _grad_hlo(x, jnp.ones((3, 3, 4, 8), jnp.float32))
-  assert cpu_kernels.TARGET not in _grad_hlo(x.astype(jnp.bfloat16),
-                                             jnp.ones((3, 3, 4, 16), jnp.bfloat16))
-  assert cpu_kernels.TARGET not in _grad_hlo(x, jnp.ones((1, 1, 4, 16), jnp.float32))
+  assert not used(x, jnp.ones((3, 3, 4, 8), jnp.float32))
+  assert not used(x.astype(jnp.bfloat16), jnp.ones((3, 3, 4, 16), jnp.bfloat16))
+  assert not used(x, jnp.ones((1, 1, 4, 16), jnp.float32))
   monkeypatch.setenv("RESUNET_CPU_KERNELS", "0")
-  assert cpu_kernels.TARGET not in _grad_hlo(x, jnp.ones((3, 3, 4, 16), jnp.float32))
+  assert not used(x, jnp.ones((3, 3, 4, 16), jnp.float32))
+  assert not used(x128, jnp.ones((3, 3, 128, 128), jnp.float32))
 
 
 def test_conv2d_same_gradients_through_the_kernel_equal_xla():
