@@ -36,6 +36,7 @@ import numpy as np
 TARGET = "resunet_conv_kernel_grad_f32"
 FLIP_SWAP_TARGET = "resunet_flip_swap_f32"
 CONV_TARGET = "resunet_conv_f32"
+DEPTHWISE_TARGET = "resunet_depthwise_kernel_grad_f32"
 SOURCES = ("conv_grads.cc", "conv_grads_rows.inc")
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 # Output channels must be a multiple of this (the widest vector, AVX-512's 16 floats).
@@ -116,6 +117,9 @@ def load():
                                     platform="cpu")
         jax.ffi.register_ffi_target(CONV_TARGET, jax.ffi.pycapsule(lib.ResunetConvF32),
                                     platform="cpu")
+        jax.ffi.register_ffi_target(DEPTHWISE_TARGET,
+                                    jax.ffi.pycapsule(lib.ResunetDepthwiseKernelGradF32),
+                                    platform="cpu")
         jax.ffi.register_ffi_target(FLIP_SWAP_TARGET, jax.ffi.pycapsule(lib.ResunetFlipSwapF32),
                                     platform="cpu")
         _state.update(loaded=True, path=path)
@@ -153,6 +157,16 @@ def conv(x, kernel, isa=ISA_AUTO):
   out = jax.ShapeDtypeStruct((n, t, f, kernel.shape[-1]), jnp.float32)
   return jax.ffi.ffi_call(CONV_TARGET, out, vmap_method="sequential")(x, kernel,
                                                                        isa=np.int64(isa))
+
+
+def depthwise_kernel_grad(x, dy, isa=ISA_AUTO):
+  """dK (3, 3, 1, C) of a 3x3 "SAME" depthwise convolution: x, dy (N, T, F, C), float32.
+
+  CPU only (an XLA custom call); call ``load()`` first.
+  """
+  out = jax.ShapeDtypeStruct((3, 3, 1, x.shape[-1]), jnp.float32)
+  return jax.ffi.ffi_call(DEPTHWISE_TARGET, out, vmap_method="sequential")(x, dy,
+                                                                            isa=np.int64(isa))
 
 
 def flip_swap(kernel):

@@ -330,15 +330,68 @@ class DepthwiseConv3x3(nn.Module):
     features = x.shape[-1]
     kernel = self.param("kernel", conv_init, (3, 3, 1, features), self.param_dtype)
     dtype = self.dtype or jnp.promote_types(x.dtype, kernel.dtype)
-    x, kernel = x.astype(dtype), kernel.astype(dtype)
-    t, f = x.shape[1], x.shape[2]
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    out = None
-    for a in range(3):
-      for b in range(3):
-        term = padded[:, a:a + t, b:b + f, :] * kernel[a, b, 0]
-        out = term if out is None else out + term
-    return out
+    return depthwise_conv3x3(x.astype(dtype), kernel.astype(dtype))
+
+
+def _depthwise_conv3x3_xla(x, kernel):
+  t, f = x.shape[1], x.shape[2]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out = None
+  for a in range(3):
+    for b in range(3):
+      term = padded[:, a:a + t, b:b + f, :] * kernel[a, b, 0]
+      out = term if out is None else out + term
+  return out
+
+
+def _depthwise_kernel_grad_xla(x, dy):
+  kernel = jnp.zeros((3, 3, 1, x.shape[-1]), x.dtype)
+  return jax.vjp(lambda k: _depthwise_conv3x3_xla(x, k), kernel)[1](dy)[0]
+
+
+@jax.custom_jvp
+def _depthwise_kernel_grad_ffi(x, dy):
+  return cpu_kernels.depthwise_kernel_grad(x, dy)
+
+
+@_depthwise_kernel_grad_ffi.defjvp
+def _depthwise_kernel_grad_ffi_jvp(primals, tangents):
+  (x, dy), (x_dot, dy_dot) = primals, tangents  # bilinear, as _kernel_gradient_ffi
+  return (_depthwise_kernel_grad_ffi(x, dy),
+          _depthwise_kernel_grad_xla(x_dot, dy) + _depthwise_kernel_grad_xla(x, dy_dot))
+
+
+@jax.custom_vjp
+def depthwise_conv3x3(x, kernel):
+  """3x3 depthwise "SAME" convolution, x (N, T, F, C), kernel (3, 3, 1, C).
+
+  Values and gradients are those of the nine shifted multiply-adds; on CPU (float32, C a
+  multiple of 16) the kernel gradient is the C++ kernel's (``cpu_kernels``): XLA makes it nine
+  separate reductions, (1, 304, 256, 64): 24.5 ms -> 1.1 ms.
+  """
+  return _depthwise_conv3x3_xla(x, kernel)
+
+
+def _depthwise_conv3x3_fwd(x, kernel):
+  return _depthwise_conv3x3_xla(x, kernel), (x, kernel)
+
+
+def _depthwise_conv3x3_bwd(residuals, dy):
+  x, kernel = residuals
+  dx = jax.vjp(lambda x: _depthwise_conv3x3_xla(x, kernel), x)[1](dy)[0]
+
+  def cpu(x, dy):
+    if (jax.default_backend() == "cpu" and x.dtype == jnp.float32 and dy.dtype == jnp.float32
+        and x.shape[-1] % cpu_kernels.CHANNEL_MULTIPLE == 0 and cpu_kernels.enabled()
+        and cpu_kernels.load()):
+      return _depthwise_kernel_grad_ffi(x, dy)
+    return _depthwise_kernel_grad_xla(x, dy)
+
+  dk = lax.platform_dependent(x, dy, cpu=cpu, default=_depthwise_kernel_grad_xla)
+  return dx, dk.astype(kernel.dtype)
+
+
+depthwise_conv3x3.defvjp(_depthwise_conv3x3_fwd, _depthwise_conv3x3_bwd)
 
 
 class ConvBlockRes(_Base):

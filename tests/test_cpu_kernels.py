@@ -101,6 +101,41 @@ def test_flip_swap_and_its_gradient(channels):
   np.testing.assert_array_equal(np.asarray(vjp(cot)[0]), np.asarray(vjp_ref(cot)[0]))
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 7, 16), (1, 3, 1, 32), (1, 1, 2, 48), (1, 70, 256, 64)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_depthwise_kernel_gradient_equals_xla(shape):
+  rng = np.random.default_rng(8)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  dy = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  want = np.asarray(jax.jit(layers._depthwise_kernel_grad_xla)(x, dy))
+  for isa in _isas():
+    got = np.asarray(jax.jit(lambda a, b, isa=isa: cpu_kernels.depthwise_kernel_grad(a, b, isa))(
+        x, dy))
+    assert got.shape == want.shape == (3, 3, 1, shape[-1])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                               err_msg=f"isa {isa}")
+
+
+def test_depthwise_conv_gradients_equal_the_grouped_convolution():
+  rng = np.random.default_rng(9)
+  x = jnp.asarray(rng.standard_normal((2, 9, 11, 32)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 32)), jnp.float32)
+
+  def grouped(x, k):
+    return lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    feature_group_count=32, precision=lax.Precision.HIGHEST)
+
+  def loss(conv):
+    return lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
+
+  hlo = jax.jit(jax.grad(loss(layers.depthwise_conv3x3), argnums=(0, 1))).lower(x, kernel)
+  assert cpu_kernels.DEPTHWISE_TARGET in hlo.as_text()
+  got = jax.jit(jax.grad(loss(layers.depthwise_conv3x3), argnums=(0, 1)))(x, kernel)
+  want = jax.grad(loss(grouped), argnums=(0, 1))(x, kernel)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-4)
+
+
 def test_result_does_not_depend_on_the_thread_count(tmp_path):
   shape = (1, 40, 256, 32, 32, 3, 3)
   x, dy = _operands(shape, seed=3)

@@ -109,6 +109,7 @@ struct Ops {
 struct Kernel {
   RowsFn fn;       // kernel gradient
   RowsFn conv;     // forward convolution
+  RowsFn depthwise;  // 3x3 depthwise kernel gradient
   int64_t lanes;   // output channels must be a multiple of this
 };
 
@@ -122,16 +123,19 @@ bool SelectKernel(int64_t isa, Kernel* kernel) {
   avx2 = fma && __builtin_cpu_supports("avx2");
   avx512 = fma && __builtin_cpu_supports("avx512f");
   if ((isa == 0 && avx512) || (isa == 3 && avx512)) {
-    *kernel = {avx512::Rows, avx512::ConvRows, avx512::Ops::kLanes};
+    *kernel = {avx512::Rows, avx512::ConvRows, avx512::DepthwiseRows,
+               avx512::Ops::kLanes};
     return true;
   }
   if ((isa == 0 && avx2) || (isa == 2 && avx2)) {
-    *kernel = {avx2::Rows, avx2::ConvRows, avx2::Ops::kLanes};
+    *kernel = {avx2::Rows, avx2::ConvRows, avx2::DepthwiseRows,
+               avx2::Ops::kLanes};
     return true;
   }
 #endif
   if (isa == 0 || isa == 1) {
-    *kernel = {generic::Rows, generic::ConvRows, generic::Ops::kLanes};
+    *kernel = {generic::Rows, generic::ConvRows, generic::DepthwiseRows,
+               generic::Ops::kLanes};
     return true;
   }
   return false;
@@ -300,6 +304,56 @@ ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   return ffi::Error::Success();
 }
 
+// The kernel gradient of a 3x3 depthwise convolution: x and dy (N, T, F, C), dk (3, 3, 1, C).
+// XLA's nine reductions over (1, 304, 256, 64) take 24.5 ms.
+ffi::Error DepthwiseKernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                   ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dk,
+                                   int64_t isa) {
+  const auto xd = x.dimensions();
+  const auto gd = dy.dimensions();
+  const auto kd = dk->dimensions();
+  if (xd.size() != 4 || gd.size() != 4 || kd.size() != 4 ||
+      !std::equal(xd.begin(), xd.end(), gd.begin()) || kd[0] != 3 || kd[1] != 3 || kd[2] != 1 ||
+      kd[3] != xd[3]) {
+    return ffi::Error::InvalidArgument(
+        "resunet_depthwise_kernel_grad: expected x and dy (N, T, F, C), dk (3, 3, 1, C)");
+  }
+  const Dims d{xd[0], xd[1], xd[2], xd[3], xd[3], 3, 3};
+  Kernel kernel;
+  if (!SelectKernel(isa, &kernel)) {
+    return ffi::Error::InvalidArgument("resunet_depthwise_kernel_grad: this CPU lacks isa " +
+                                       std::to_string(isa));
+  }
+  if (d.ci % kernel.lanes != 0) {
+    return ffi::Error::InvalidArgument(
+        "resunet_depthwise_kernel_grad: the number of channels must be a multiple of " +
+        std::to_string(kernel.lanes));
+  }
+  float* out = dk->typed_data();
+  const int64_t size = 9 * d.ci, rows = d.n * d.t;
+  std::fill(out, out + size, 0.0f);
+  if (rows == 0 || d.f == 0) return ffi::Error::Success();
+  // Slots of rows (fixed by the shapes: deterministic), each summing into its own copy of dk.
+  const int64_t row_bytes = d.f * 2 * d.ci * static_cast<int64_t>(sizeof(float));
+  const int64_t rows_per_block =
+      std::clamp<int64_t>(kBlockBytes / std::max<int64_t>(row_bytes, 1), 1, rows);
+  const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
+  const int64_t slots = std::min(blocks, kMaxSlots);
+  std::vector<std::vector<float>> partial(slots, std::vector<float>(size, 0.0f));
+  const float* xp = x.typed_data();
+  const float* gp = dy.typed_data();
+  ParallelFor(pool, slots, [&](int64_t s) {
+    for (int64_t blk = s * blocks / slots; blk < (s + 1) * blocks / slots; ++blk) {
+      const int64_t r0 = blk * rows_per_block, r1 = std::min(rows, r0 + rows_per_block);
+      kernel.depthwise(d, xp, gp, r0, r1, 0, d.ci, partial[s].data());
+    }
+  });
+  for (int64_t s = 0; s < slots; ++s) {
+    for (int64_t k = 0; k < size; ++k) out[k] += partial[s][k];
+  }
+  return ffi::Error::Success();
+}
+
 // out[a, b, o, i] = k[kh - 1 - a, kw - 1 - b, i, o]: the kernel of the input gradient (spatially
 // flipped, input and output channels swapped). XLA:CPU's fused reverse + transpose of a
 // (3, 3, 384, 384) kernel takes 1.3 ms (a plain copy 0.46 ms).
@@ -332,6 +386,14 @@ ffi::Error FlipSwapImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> k,
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ResunetConvF32, ConvImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("isa"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ResunetDepthwiseKernelGradF32, DepthwiseKernelGradImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
