@@ -1,23 +1,29 @@
-"""C++ CPU kernels for the gradients of ``layers.conv2d_same`` (XLA FFI custom calls).
+"""C++ CPU kernels for the convolutions of ``resunet_jax.layers`` (XLA FFI custom calls).
 
-XLA:CPU has no fast kernel gradient for stride-1 convolutions; ``layers._kernel_gradient_cpu``
-rewrites it as blocked forward convolutions, which reach about half of what the CPU can do.
-``csrc/conv_grads.cc`` computes it directly (register-tiled, AVX-512 / AVX2 / generic
-copies chosen at run time, split over XLA's intra-op threads); measured on a 2-core Xeon, 3x3
-layers (1, T, F, C): (320, 1024, 32) 44 -> 22 ms, (160, 512, 64) 35 -> 20 ms, (80, 256, 128)
-27 -> 20 ms (``bench/bench_conv_grad.py``). It also flips and transposes the kernel for the input
-gradient (``flip_swap``): XLA's fused reverse + transpose of a (3, 3, 384, 384) kernel takes 1.3 ms,
-this 0.5 ms; the subband ResUNet143 has 61 such layers.
+Where XLA:CPU is slowest for these models, ``csrc/conv_kernels.cc`` computes directly
+(register-tiled, AVX-512 / AVX2 / generic copies chosen at run time, split over XLA's intra-op
+threads). Measured on
+a 2-core Xeon (``bench/bench_conv_grad.py``; 3x3 layers (1, T, F, C) -> C):
+* ``conv_kernel_grad``, the kernel gradient of a stride-1 "SAME" convolution (XLA: a "backprop
+  filter" convolution 3-6x slower than the forward pass): (320, 1024, 32) 106 ms, or 44 ms as
+  blocked forward convolutions (``layers._kernel_gradient_cpu``), -> 22 ms;
+* ``conv``, the forward convolution, used for <= 32 input channels, where XNNPACK is weakest:
+  (320, 1024, 32) 24.5 -> 20.7 ms;
+* ``flip_swap``, the input gradient's kernel (flipped, in/out swapped): (3, 3, 384, 384)
+  1.28 -> 0.45 ms;
+* ``depthwise_kernel_grad``, the kernel gradient of a 3x3 depthwise convolution (XLA: nine
+  reductions): (1, 304, 256, 64) 24.5 -> 1.6 ms.
 
 The source is compiled on first use with the system C++ compiler (``$CXX``, else ``c++``, ``g++``
 or ``clang++``; about 5 s) into a cache directory (``$RESUNET_JAX_KERNEL_CACHE``, else
 ``$XDG_CACHE_HOME/resunet_jax`` or ``~/.cache/resunet_jax``), keyed by the source, jaxlib's version
 and the compiler, and written atomically (several processes may build it at once). Without a
-compiler, or when the build fails, a warning says why once and the XLA path is used.
-``RESUNET_CPU_KERNELS=0`` turns the kernel off.
+compiler, or when the build fails, a warning says why once and XLA's ops are used.
+``RESUNET_CPU_KERNELS=0`` turns the kernels off. All take float32 and, but for ``flip_swap``, a
+multiple of 16 output channels; ``layers`` checks that and falls back to XLA otherwise.
 
-The result does not depend on the number of threads (the work is split by shape only), but sums in
-another order than XLA: gradients differ from XLA's by float rounding (~1e-6 relative).
+Results do not depend on the number of threads (work is split by shapes only), but sums run in
+another order than XLA's: results differ from XLA's by float rounding (~1e-6 relative).
 """
 import ctypes
 import hashlib
@@ -33,11 +39,14 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-TARGET = "resunet_conv_kernel_grad_f32"
+KERNEL_GRAD_TARGET = "resunet_conv_kernel_grad_f32"
 FLIP_SWAP_TARGET = "resunet_flip_swap_f32"
 CONV_TARGET = "resunet_conv_f32"
 DEPTHWISE_TARGET = "resunet_depthwise_kernel_grad_f32"
-SOURCES = ("conv_grads.cc", "conv_grads_rows.inc")
+_TARGETS = ((KERNEL_GRAD_TARGET, "ResunetConvKernelGradF32"), (CONV_TARGET, "ResunetConvF32"),
+            (DEPTHWISE_TARGET, "ResunetDepthwiseKernelGradF32"),
+            (FLIP_SWAP_TARGET, "ResunetFlipSwapF32"))
+SOURCES = ("conv_kernels.cc", "conv_kernels_loops.inc")
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 # Output channels must be a multiple of this (the widest vector, AVX-512's 16 floats).
 CHANNEL_MULTIPLE = 16
@@ -77,7 +86,7 @@ def _library_name(compiler):
   h.update(compiler.encode())
   h.update(" ".join(CXXFLAGS).encode())
   h.update(os.uname().machine.encode())
-  return f"conv_grads-{h.hexdigest()[:16]}.so"
+  return f"conv_kernels-{h.hexdigest()[:16]}.so"
 
 
 def build(compiler=None, directory=None):
@@ -107,34 +116,22 @@ def build(compiler=None, directory=None):
 
 
 def load():
-  """Builds (once per machine) and registers the kernel; False, with one warning, if it cannot."""
+  """Builds (once per machine) and registers the kernels; False, with one warning, if it cannot."""
   with _lock:
     if _state["loaded"] is None:
       try:
         path = build()
         lib = ctypes.CDLL(path)
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.ResunetConvKernelGradF32),
-                                    platform="cpu")
-        jax.ffi.register_ffi_target(CONV_TARGET, jax.ffi.pycapsule(lib.ResunetConvF32),
-                                    platform="cpu")
-        jax.ffi.register_ffi_target(DEPTHWISE_TARGET,
-                                    jax.ffi.pycapsule(lib.ResunetDepthwiseKernelGradF32),
-                                    platform="cpu")
-        jax.ffi.register_ffi_target(FLIP_SWAP_TARGET, jax.ffi.pycapsule(lib.ResunetFlipSwapF32),
-                                    platform="cpu")
+        for target, symbol in _TARGETS:
+          jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                      platform="cpu")
         _state.update(loaded=True, path=path)
       except Exception as e:  # pylint: disable=broad-except
         _state.update(loaded=False, error=f"{type(e).__name__}: {e}")
-        warnings.warn("resunet_jax: the C++ CPU kernel for convolution weight gradients is not "
-                      f"available, using XLA's (slower): {_state['error']}", RuntimeWarning,
+        warnings.warn("resunet_jax: the C++ CPU kernels for convolutions are not available, "
+                      f"using XLA's ops (slower): {_state['error']}", RuntimeWarning,
                       stacklevel=2)
     return _state["loaded"]
-
-
-def supports(x, dy):
-  """Whether ``conv_kernel_grad`` handles these operands (and the kernel is on and built)."""
-  return (enabled() and x.dtype == jnp.float32 and dy.dtype == jnp.float32 and x.ndim == 4
-          and dy.ndim == 4 and dy.shape[-1] % CHANNEL_MULTIPLE == 0 and load())
 
 
 def conv_kernel_grad(x, dy, kh, kw, isa=ISA_AUTO):
@@ -144,7 +141,8 @@ def conv_kernel_grad(x, dy, kh, kw, isa=ISA_AUTO):
   ``layers._kernel_gradient_ffi``).
   """
   out = jax.ShapeDtypeStruct((kh, kw, x.shape[-1], dy.shape[-1]), jnp.float32)
-  return jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(x, dy, isa=np.int64(isa))
+  call = jax.ffi.ffi_call(KERNEL_GRAD_TARGET, out, vmap_method="sequential")
+  return call(x, dy, isa=np.int64(isa))
 
 
 def conv(x, kernel, isa=ISA_AUTO):

@@ -128,10 +128,22 @@ def _conv_same_xla(x, kernel, precision):
                                   precision=precision)
 
 
+def _cpu_kernels_apply(*arrays):
+  """Whether the C++ CPU kernels (``cpu_kernels``) run for these float32 operands.
+
+  Decided while tracing the CPU branch of ``lax.platform_dependent``, and only where the CPU is the
+  default backend: GPU/TPU hosts trace that branch too but never lower it, so nothing is compiled
+  there. Check the shape conditions first: this builds the kernels on first use.
+  """
+  return (jax.default_backend() == "cpu" and all(a.dtype == jnp.float32 for a in arrays)
+          and cpu_kernels.enabled() and cpu_kernels.load())
+
+
 # On CPU, float32 convolutions with at most this many input channels (and a multiple of 16 output
 # channels, kernels larger than 1x1) run the C++ kernel (``cpu_kernels.conv``): XNNPACK is slowest
-# there, e.g. (1, 304, 256, 32) -> 32 3x3: 6.1 -> 4.3 ms, (1, 320, 1024, 32): 24 -> 19 ms. From 64
-# input channels on it is as fast or faster (measured (1, 160, 512, 64): 22.4 vs 22.7 ms).
+# there, e.g. (1, 304, 256, 32) -> 32 3x3: 6.1 -> 5.1 ms, (1, 320, 1024, 32): 24.5 -> 20.7 ms. From
+# 64 input channels on XNNPACK is as fast or faster ((1, 160, 512, 64): 22.4 vs 22.7 ms; deeper
+# layers with few pixels: (1, 10, 8, 384) 1.3 vs 1.7-1.9 ms).
 CPP_CONV_MAX_INPUT_CHANNELS = 32
 
 
@@ -152,11 +164,8 @@ def _conv_same_ffi_jvp(precision, primals, tangents):
 def _conv_same(x, kernel, precision):
   """Stride-1 "SAME" convolution (NHWC, HWIO): XLA's, or on CPU the C++ kernel where faster."""
   def cpu(x, k):
-    # Decided while tracing, only where the CPU is the backend (as for the gradients below).
-    if (jax.default_backend() == "cpu" and x.dtype == jnp.float32 and k.dtype == jnp.float32
-        and k.shape[0] * k.shape[1] > 1 and k.shape[2] <= CPP_CONV_MAX_INPUT_CHANNELS
-        and k.shape[3] % cpu_kernels.CHANNEL_MULTIPLE == 0 and cpu_kernels.enabled()
-        and cpu_kernels.load()):
+    if (k.shape[0] * k.shape[1] > 1 and k.shape[2] <= CPP_CONV_MAX_INPUT_CHANNELS
+        and k.shape[3] % cpu_kernels.CHANNEL_MULTIPLE == 0 and _cpu_kernels_apply(x, k)):
       return _conv_same_ffi(x, k, precision)
     return _conv_same_xla(x, k, precision)
 
@@ -241,9 +250,7 @@ def _kernel_gradient_ffi_jvp(kh, kw, precision, primals, tangents):
 
 
 def _kernel_gradient_cpu_best(x, dy, kh, kw, precision):
-  # Decided while tracing: only where the default backend is the CPU (no compiling on GPU/TPU
-  # hosts, whose CPU branch is traced but not lowered).
-  if jax.default_backend() == "cpu" and cpu_kernels.supports(x, dy):
+  if dy.shape[-1] % cpu_kernels.CHANNEL_MULTIPLE == 0 and _cpu_kernels_apply(x, dy):
     return _kernel_gradient_ffi(x, dy, kh, kw, precision)
   return _kernel_gradient_cpu(x, dy, kh, kw, precision)
 
@@ -264,10 +271,7 @@ def _input_gradient_kernel(kernel):
     return jnp.flip(k, (0, 1)).swapaxes(2, 3)
 
   def cpu(k):
-    # As for the kernel gradient: decided while tracing, only where the CPU is the backend.
-    if (jax.default_backend() == "cpu" and k.dtype == jnp.float32
-        and k.shape[2] * k.shape[3] >= FLIP_SWAP_MIN_CHANNELS and cpu_kernels.enabled()
-        and cpu_kernels.load()):
+    if k.shape[2] * k.shape[3] >= FLIP_SWAP_MIN_CHANNELS and _cpu_kernels_apply(k):
       return cpu_kernels.flip_swap(k)
     return xla(k)
 
@@ -367,7 +371,7 @@ def depthwise_conv3x3(x, kernel):
 
   Values and gradients are those of the nine shifted multiply-adds; on CPU (float32, C a
   multiple of 16) the kernel gradient is the C++ kernel's (``cpu_kernels``): XLA makes it nine
-  separate reductions, (1, 304, 256, 64): 24.5 ms -> 1.1 ms.
+  separate reductions, (1, 304, 256, 64): 24.5 ms -> 1.6 ms.
   """
   return _depthwise_conv3x3_xla(x, kernel)
 
@@ -381,9 +385,7 @@ def _depthwise_conv3x3_bwd(residuals, dy):
   dx = jax.vjp(lambda x: _depthwise_conv3x3_xla(x, kernel), x)[1](dy)[0]
 
   def cpu(x, dy):
-    if (jax.default_backend() == "cpu" and x.dtype == jnp.float32 and dy.dtype == jnp.float32
-        and x.shape[-1] % cpu_kernels.CHANNEL_MULTIPLE == 0 and cpu_kernels.enabled()
-        and cpu_kernels.load()):
+    if x.shape[-1] % cpu_kernels.CHANNEL_MULTIPLE == 0 and _cpu_kernels_apply(x, dy):
       return _depthwise_kernel_grad_ffi(x, dy)
     return _depthwise_kernel_grad_xla(x, dy)
 

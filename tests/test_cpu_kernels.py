@@ -122,7 +122,8 @@ def test_depthwise_conv_gradients_equal_the_grouped_convolution():
   kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 32)), jnp.float32)
 
   def grouped(x, k):
-    return lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    return lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                     feature_group_count=32, precision=lax.Precision.HIGHEST)
 
   def loss(conv):
@@ -166,7 +167,7 @@ def _grad_hlo(x, kernel):
 
 
 def test_conv2d_same_uses_the_kernels_only_where_they_apply(monkeypatch):
-  targets = (cpu_kernels.TARGET, cpu_kernels.CONV_TARGET, cpu_kernels.FLIP_SWAP_TARGET)
+  targets = (cpu_kernels.KERNEL_GRAD_TARGET, cpu_kernels.CONV_TARGET, cpu_kernels.FLIP_SWAP_TARGET)
 
   def used(x, kernel):
     hlo = _grad_hlo(x, kernel)
@@ -174,10 +175,10 @@ def test_conv2d_same_uses_the_kernels_only_where_they_apply(monkeypatch):
 
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal((1, 8, 8, 4)), jnp.float32)
-  assert used(x, jnp.ones((3, 3, 4, 16), jnp.float32)) == {cpu_kernels.TARGET,
+  assert used(x, jnp.ones((3, 3, 4, 16), jnp.float32)) == {cpu_kernels.KERNEL_GRAD_TARGET,
                                                            cpu_kernels.CONV_TARGET}
   x128 = jnp.asarray(rng.standard_normal((1, 4, 4, 128)), jnp.float32)
-  assert used(x128, jnp.ones((3, 3, 128, 128), jnp.float32)) == {cpu_kernels.TARGET,
+  assert used(x128, jnp.ones((3, 3, 128, 128), jnp.float32)) == {cpu_kernels.KERNEL_GRAD_TARGET,
                                                                  cpu_kernels.FLIP_SWAP_TARGET}
   # 8 output channels (not a multiple of 16), bfloat16, 1x1 kernels (a matmul), switched off.
   assert not used(x, jnp.ones((3, 3, 4, 8), jnp.float32))
@@ -239,3 +240,16 @@ def test_build_writes_one_library_and_a_failed_build_falls_back_with_a_warning(
   finally:
     cpu_kernels._state.clear()
     cpu_kernels._state.update(saved)
+
+
+def test_bad_operands_give_a_clear_error():
+  if cpu_kernels.ISA_AVX512 not in _isas():
+    pytest.skip("needs AVX-512 (16-float vectors: 8 output channels are not a whole vector)")
+  x = jnp.ones((1, 4, 4, 3), jnp.float32)
+  with pytest.raises(Exception, match="output channels must be a multiple of 16"):
+    jax.block_until_ready(jax.jit(
+        lambda a, b: cpu_kernels.conv_kernel_grad(a, b, 3, 3, cpu_kernels.ISA_AVX512))(
+            x, jnp.ones((1, 4, 4, 8), jnp.float32)))
+  with pytest.raises(Exception, match="expected x and dy"):
+    jax.block_until_ready(jax.jit(cpu_kernels.depthwise_kernel_grad)(
+        jnp.ones((1, 4, 4, 16), jnp.float32), jnp.ones((1, 4, 5, 16), jnp.float32)))

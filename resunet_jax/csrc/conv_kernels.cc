@@ -1,27 +1,25 @@
-// CPU kernels for the gradients of a stride-1 "SAME" 2-D convolution, float32, as XLA FFI custom
-// calls; used by resunet_jax.layers.conv2d_same (resunet_jax/cpu_kernels.py compiles this file on
-// first use).
+// CPU kernels for the convolutions of resunet_jax.layers, float32, as XLA FFI custom calls
+// (resunet_jax/cpu_kernels.py compiles this file on first use and registers them):
 //
-// ResunetConvKernelGradF32, the kernel (weight) gradient:
-//
+// ResunetConvKernelGradF32, the kernel (weight) gradient of a stride-1 "SAME" 2-D convolution,
 //   dw[a, b, i, o] = sum_{n, t, f} x[n, t + a - kh / 2, f + b - kw / 2, i] * dy[n, t, f, o]
+// with x outside the image taken as zero; x (N, T, F, I) and dy (N, T, F, O) row-major (NHWC), dw
+// (kh, kw, I, O) (HWIO), kh and kw odd. XLA:CPU lowers it as a "backprop filter" convolution 3-6x
+// slower than the forward pass. Here a tile of (IT input channels) x (2 vectors of output
+// channels) stays in registers while an image row streams through it; rows are taken in blocks
+// that stay in cache.
+// ResunetConvF32, the forward convolution out (N, T, F, O) of x and k (kh, kw, I, O): P pixels of a
+// row x 2 vectors of output channels in registers while kernel offsets and input channels stream
+// past. Used for few input channels, where XNNPACK is weakest.
+// ResunetDepthwiseKernelGradF32, the kernel gradient (3, 3, 1, C) of a 3x3 depthwise convolution
+// (XLA: nine separate reductions over the activations).
+// ResunetFlipSwapF32, the input gradient's kernel: k (kh, kw, I, O) -> (kh, kw, O, I), spatially
+// flipped.
 //
-// with x outside the image taken as zero; x is (N, T, F, I) and dy (N, T, F, O), both row-major
-// (NHWC), dw is (kh, kw, I, O) (HWIO). kh and kw are odd.
-//
-// Why: XLA:CPU has no fast kernel gradient for this case (its "backprop filter" convolution runs
-// 3-10x slower than the forward pass; the blocked forward-convolution rewrite in layers.py reaches
-// about half of this machine's peak). Here every output tile of (IT input channels) x (2 vectors of
-// output channels) stays in registers while one image row streams through it; rows are taken in
-// blocks that stay in cache; blocks are split over XLA's intra-op thread pool.
-//
-// Determinism: the split depends on the shapes only. Either the threads take disjoint slices of
-// the output channels, or blocks of rows are grouped into "slots", each summing its blocks in order
-// into its own buffer, the slots added in order at the end; either way the result does not depend
-// on the number of threads or on which thread ran what.
-//
-// ResunetFlipSwapF32, the kernel of the input gradient: k (kh, kw, I, O) -> (kh, kw, O, I),
-// spatially flipped.
+// The inner loops (conv_kernels_loops.inc) are compiled three times, for AVX-512, AVX2 and any
+// CPU, and chosen at run time. Work is split over XLA's intra-op thread pool by the shapes only:
+// either into disjoint parts of the output, or into "slots" of rows, each summing into its own
+// buffer, the slots added in order at the end; results do not depend on the number of threads.
 
 #include <algorithm>
 #include <atomic>
@@ -65,7 +63,7 @@ struct Ops {
   static inline V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static inline V Add(V a, V b) { return _mm512_add_ps(a, b); }
 };
-#include "conv_grads_rows.inc"
+#include "conv_kernels_loops.inc"
 }  // namespace avx512
 #pragma GCC pop_options
 
@@ -82,7 +80,7 @@ struct Ops {
   static inline V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static inline V Add(V a, V b) { return _mm256_add_ps(a, b); }
 };
-#include "conv_grads_rows.inc"
+#include "conv_kernels_loops.inc"
 }  // namespace avx2
 #pragma GCC pop_options
 #endif
@@ -103,7 +101,7 @@ struct Ops {
   static inline V Fma(V a, V b, V c) { return a * b + c; }
   static inline V Add(V a, V b) { return a + b; }
 };
-#include "conv_grads_rows.inc"
+#include "conv_kernels_loops.inc"
 }  // namespace generic
 
 struct Kernel {
@@ -139,6 +137,20 @@ bool SelectKernel(int64_t isa, Kernel* kernel) {
     return true;
   }
   return false;
+}
+
+// The kernel for `isa`, checking that `channels` (the vectorised ones) fit its vector width.
+ffi::Error GetKernel(const char* name, int64_t isa, int64_t channels, Kernel* kernel) {
+  if (!SelectKernel(isa, kernel)) {
+    return ffi::Error::InvalidArgument(std::string(name) + ": this CPU lacks isa " +
+                                       std::to_string(isa));
+  }
+  if (channels % kernel->lanes != 0) {
+    return ffi::Error::InvalidArgument(std::string(name) +
+                                       ": the number of output channels must be a multiple of " +
+                                       std::to_string(kernel->lanes));
+  }
+  return ffi::Error::Success();
 }
 
 // Rows per block: about this many bytes of x and dy rows, so that a block stays in L2 while the
@@ -203,14 +215,8 @@ ffi::Error ConvKernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
         "dw (kh, kw, I, O) with odd kh, kw");
   }
   Kernel kernel;
-  if (!SelectKernel(isa, &kernel)) {
-    return ffi::Error::InvalidArgument("resunet_conv_kernel_grad: this CPU lacks isa " +
-                                       std::to_string(isa));
-  }
-  if (d.co % kernel.lanes != 0) {
-    return ffi::Error::InvalidArgument(
-        "resunet_conv_kernel_grad: the number of output channels must be a multiple of " +
-        std::to_string(kernel.lanes));
+  if (ffi::Error e = GetKernel("resunet_conv_kernel_grad", isa, d.co, &kernel); e.failure()) {
+    return e;
   }
   float* out = dw->typed_data();
   const int64_t size = d.kh * d.kw * d.ci * d.co;
@@ -265,7 +271,7 @@ ffi::Error ConvKernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 }
 
 // The forward convolution: out (N, T, F, O) from x (N, T, F, I) and k (kh, kw, I, O). Used where
-// XLA's (XNNPACK's) is slowest: few input channels, e.g. (1, 304, 256, 32) -> 32: 6.1 -> 4.3 ms.
+// XLA's (XNNPACK's) is slowest: few input channels, e.g. (1, 304, 256, 32) -> 32: 6.1 -> 5.1 ms.
 ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
                     ffi::ResultBuffer<ffi::F32> out, int64_t isa) {
   const auto xd = x.dimensions();
@@ -279,14 +285,7 @@ ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   }
   const Dims d{xd[0], xd[1], xd[2], xd[3], kd[3], kd[0], kd[1]};
   Kernel kernel;
-  if (!SelectKernel(isa, &kernel)) {
-    return ffi::Error::InvalidArgument("resunet_conv: this CPU lacks isa " + std::to_string(isa));
-  }
-  if (d.co % kernel.lanes != 0) {
-    return ffi::Error::InvalidArgument(
-        "resunet_conv: the number of output channels must be a multiple of " +
-        std::to_string(kernel.lanes));
-  }
+  if (ffi::Error e = GetKernel("resunet_conv", isa, d.co, &kernel); e.failure()) return e;
   const int64_t rows = d.n * d.t;
   if (rows == 0 || d.f == 0 || d.co == 0) return ffi::Error::Success();
   // Every item writes its own part of the output: rows in blocks x groups of output channels.
@@ -320,14 +319,9 @@ ffi::Error DepthwiseKernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x
   }
   const Dims d{xd[0], xd[1], xd[2], xd[3], xd[3], 3, 3};
   Kernel kernel;
-  if (!SelectKernel(isa, &kernel)) {
-    return ffi::Error::InvalidArgument("resunet_depthwise_kernel_grad: this CPU lacks isa " +
-                                       std::to_string(isa));
-  }
-  if (d.ci % kernel.lanes != 0) {
-    return ffi::Error::InvalidArgument(
-        "resunet_depthwise_kernel_grad: the number of channels must be a multiple of " +
-        std::to_string(kernel.lanes));
+  if (ffi::Error e = GetKernel("resunet_depthwise_kernel_grad", isa, d.ci, &kernel);
+      e.failure()) {
+    return e;
   }
   float* out = dk->typed_data();
   const int64_t size = 9 * d.ci, rows = d.n * d.t;
