@@ -43,9 +43,11 @@ KERNEL_GRAD_TARGET = "resunet_conv_kernel_grad_f32"
 FLIP_SWAP_TARGET = "resunet_flip_swap_f32"
 CONV_TARGET = "resunet_conv_f32"
 DEPTHWISE_TARGET = "resunet_depthwise_kernel_grad_f32"
+INPUT_GRAD_TARGET = "resunet_conv_input_grad_f32"
 _TARGETS = ((KERNEL_GRAD_TARGET, "ResunetConvKernelGradF32"), (CONV_TARGET, "ResunetConvF32"),
             (DEPTHWISE_TARGET, "ResunetDepthwiseKernelGradF32"),
-            (FLIP_SWAP_TARGET, "ResunetFlipSwapF32"))
+            (FLIP_SWAP_TARGET, "ResunetFlipSwapF32"),
+            (INPUT_GRAD_TARGET, "ResunetConvInputGradF32"))
 SOURCES = ("conv_kernels.cc", "conv_kernels_loops.inc")
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 # Output channels must be a multiple of this (the widest vector, AVX-512's 16 floats).
@@ -155,6 +157,17 @@ def conv(x, kernel, isa=ISA_AUTO):
   out = jax.ShapeDtypeStruct((n, t, f, kernel.shape[-1]), jnp.float32)
   return jax.ffi.ffi_call(CONV_TARGET, out, vmap_method="sequential")(x, kernel,
                                                                        isa=np.int64(isa))
+
+
+def conv_input_grad(dy, kernel, isa=ISA_AUTO):
+  """dx (N, T, F, I) of a stride-1 "SAME" convolution: dy (N, T, F, O), kernel (kh, kw, I, O).
+
+  float32, CPU only (an XLA custom call); call ``load()`` first.
+  """
+  n, t, f, _ = dy.shape
+  out = jax.ShapeDtypeStruct((n, t, f, kernel.shape[2]), jnp.float32)
+  call = jax.ffi.ffi_call(INPUT_GRAD_TARGET, out, vmap_method="sequential")
+  return call(dy, kernel, isa=np.int64(isa))
 
 
 def depthwise_kernel_grad(x, dy, isa=ISA_AUTO):

@@ -88,6 +88,29 @@ def test_convolution_equals_xla(shape):
                                err_msg=f"isa {isa}")
 
 
+# (N, T, F, I, O, kh, kw) for the input gradient.
+INPUT_GRAD_SHAPES = [
+    (2, 5, 7, 13, 16, 3, 3),    # two images; 13 = 6 + 6 + 1 input channels
+    (1, 3, 2, 40, 32, 5, 3),    # kernel larger than the image
+    (1, 1, 1, 7, 48, 3, 3),     # one pixel
+    (1, 10, 8, 384, 384, 3, 3),  # the deepest layers of the ResUNet143 models
+]
+
+
+@pytest.mark.parametrize("shape", INPUT_GRAD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_input_gradient_equals_xla(shape):
+  n, t, f, i, o, kh, kw = shape
+  rng = np.random.default_rng(10)
+  dy = jnp.asarray(rng.standard_normal((n, t, f, o)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((kh, kw, i, o)), jnp.float32)
+  want = np.asarray(layers._input_gradient_xla(dy, kernel, lax.Precision.HIGHEST))
+  for isa in _isas():
+    got = np.asarray(jax.jit(lambda a, k, isa=isa: cpu_kernels.conv_input_grad(a, k, isa))(
+        dy, kernel))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                               err_msg=f"isa {isa}")
+
+
 @pytest.mark.parametrize("channels", [(5, 3), (128, 128), (384, 256)])
 def test_flip_swap_and_its_gradient(channels):
   rng = np.random.default_rng(6)
@@ -167,7 +190,8 @@ def _grad_hlo(x, kernel):
 
 
 def test_conv2d_same_uses_the_kernels_only_where_they_apply(monkeypatch):
-  targets = (cpu_kernels.KERNEL_GRAD_TARGET, cpu_kernels.CONV_TARGET, cpu_kernels.FLIP_SWAP_TARGET)
+  targets = (cpu_kernels.KERNEL_GRAD_TARGET, cpu_kernels.CONV_TARGET, cpu_kernels.FLIP_SWAP_TARGET,
+             cpu_kernels.INPUT_GRAD_TARGET)
 
   def used(x, kernel):
     hlo = _grad_hlo(x, kernel)
@@ -177,9 +201,12 @@ def test_conv2d_same_uses_the_kernels_only_where_they_apply(monkeypatch):
   x = jnp.asarray(rng.standard_normal((1, 8, 8, 4)), jnp.float32)
   assert used(x, jnp.ones((3, 3, 4, 16), jnp.float32)) == {cpu_kernels.KERNEL_GRAD_TARGET,
                                                            cpu_kernels.CONV_TARGET}
+  # Deep layers: few pixels, many channels; the same channels on many pixels.
   x128 = jnp.asarray(rng.standard_normal((1, 4, 4, 128)), jnp.float32)
-  assert used(x128, jnp.ones((3, 3, 128, 128), jnp.float32)) == {cpu_kernels.KERNEL_GRAD_TARGET,
-                                                                 cpu_kernels.FLIP_SWAP_TARGET}
+  k128 = jnp.ones((3, 3, 128, 128), jnp.float32)
+  assert used(x128, k128) == {cpu_kernels.KERNEL_GRAD_TARGET, cpu_kernels.INPUT_GRAD_TARGET}
+  wide = jnp.asarray(rng.standard_normal((1, 40, 32, 128)), jnp.float32)
+  assert used(wide, k128) == {cpu_kernels.KERNEL_GRAD_TARGET, cpu_kernels.FLIP_SWAP_TARGET}
   # 8 output channels (not a multiple of 16), bfloat16, 1x1 kernels (a matmul), switched off.
   assert not used(x, jnp.ones((3, 3, 4, 8), jnp.float32))
   assert not used(x.astype(jnp.bfloat16), jnp.ones((3, 3, 4, 16), jnp.bfloat16))
@@ -189,10 +216,11 @@ def test_conv2d_same_uses_the_kernels_only_where_they_apply(monkeypatch):
   assert not used(x128, jnp.ones((3, 3, 128, 128), jnp.float32))
 
 
-def test_conv2d_same_gradients_through_the_kernel_equal_xla():
+@pytest.mark.parametrize("channels", [(5, 32), (128, 16)], ids=("few_inputs", "deep"))
+def test_conv2d_same_gradients_through_the_kernels_equal_xla(channels):
   rng = np.random.default_rng(2)
-  x = jnp.asarray(rng.standard_normal((2, 12, 10, 5)), jnp.float32)
-  kernel = jnp.asarray(rng.standard_normal((3, 3, 5, 32)) * 0.1, jnp.float32)
+  x = jnp.asarray(rng.standard_normal((2, 12, 10, channels[0])), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3) + channels) * 0.1, jnp.float32)
 
   def reference(x, k):
     return lax.conv_general_dilated(x, k, (1, 1), "SAME",

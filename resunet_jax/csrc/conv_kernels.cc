@@ -62,6 +62,7 @@ struct Ops {
   static inline V Splat(float s) { return _mm512_set1_ps(s); }
   static inline V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static inline V Add(V a, V b) { return _mm512_add_ps(a, b); }
+  static inline float Sum(V v) { return _mm512_reduce_add_ps(v); }
 };
 #include "conv_kernels_loops.inc"
 }  // namespace avx512
@@ -79,6 +80,11 @@ struct Ops {
   static inline V Splat(float s) { return _mm256_set1_ps(s); }
   static inline V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static inline V Add(V a, V b) { return _mm256_add_ps(a, b); }
+  static inline float Sum(V v) {
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
+  }
 };
 #include "conv_kernels_loops.inc"
 }  // namespace avx2
@@ -100,15 +106,19 @@ struct Ops {
   static inline V Splat(float s) { return V{s, s, s, s}; }
   static inline V Fma(V a, V b, V c) { return a * b + c; }
   static inline V Add(V a, V b) { return a + b; }
+  static inline float Sum(V v) { return (v[0] + v[1]) + (v[2] + v[3]); }
 };
 #include "conv_kernels_loops.inc"
 }  // namespace generic
 
+using ChannelsFn = void (*)(const Dims&, const float*, const float*, int64_t, int64_t, float*);
+
 struct Kernel {
-  RowsFn fn;       // kernel gradient
-  RowsFn conv;     // forward convolution
-  RowsFn depthwise;  // 3x3 depthwise kernel gradient
-  int64_t lanes;   // output channels must be a multiple of this
+  RowsFn fn;             // kernel gradient
+  RowsFn conv;           // forward convolution
+  RowsFn depthwise;      // 3x3 depthwise kernel gradient
+  ChannelsFn input_grad;  // input gradient
+  int64_t lanes;         // output channels must be a multiple of this
 };
 
 // isa: 0 = the best this CPU has, 1 = generic, 2 = AVX2 + FMA, 3 = AVX-512F + FMA. Returns false
@@ -121,18 +131,18 @@ bool SelectKernel(int64_t isa, Kernel* kernel) {
   avx2 = fma && __builtin_cpu_supports("avx2");
   avx512 = fma && __builtin_cpu_supports("avx512f");
   if ((isa == 0 && avx512) || (isa == 3 && avx512)) {
-    *kernel = {avx512::Rows, avx512::ConvRows, avx512::DepthwiseRows,
+    *kernel = {avx512::Rows, avx512::ConvRows, avx512::DepthwiseRows, avx512::InputGradChannels,
                avx512::Ops::kLanes};
     return true;
   }
   if ((isa == 0 && avx2) || (isa == 2 && avx2)) {
-    *kernel = {avx2::Rows, avx2::ConvRows, avx2::DepthwiseRows,
+    *kernel = {avx2::Rows, avx2::ConvRows, avx2::DepthwiseRows, avx2::InputGradChannels,
                avx2::Ops::kLanes};
     return true;
   }
 #endif
   if (isa == 0 || isa == 1) {
-    *kernel = {generic::Rows, generic::ConvRows, generic::DepthwiseRows,
+    *kernel = {generic::Rows, generic::ConvRows, generic::DepthwiseRows, generic::InputGradChannels,
                generic::Ops::kLanes};
     return true;
   }
@@ -303,6 +313,46 @@ ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   return ffi::Error::Success();
 }
 
+// The input gradient: dx (N, T, F, I) from dy (N, T, F, O) and the kernel k (kh, kw, I, O) as it
+// is (no flipped, transposed copy). Used for the deep layers (many channels, few pixels).
+ffi::Error ConvInputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                             ffi::Buffer<ffi::F32> k, ffi::ResultBuffer<ffi::F32> dx,
+                             int64_t isa) {
+  const auto gd = dy.dimensions();
+  const auto kd = k.dimensions();
+  const auto xd = dx->dimensions();
+  if (gd.size() != 4 || kd.size() != 4 || xd.size() != 4 || kd[3] != gd[3] || xd[0] != gd[0] ||
+      xd[1] != gd[1] || xd[2] != gd[2] || xd[3] != kd[2] || kd[0] % 2 == 0 || kd[1] % 2 == 0) {
+    return ffi::Error::InvalidArgument(
+        "resunet_conv_input_grad: expected dy (N, T, F, O), k (kh, kw, I, O) with odd kh, kw, "
+        "dx (N, T, F, I)");
+  }
+  const Dims d{gd[0], gd[1], gd[2], kd[2], kd[3], kd[0], kd[1]};
+  Kernel kernel;
+  if (ffi::Error e = GetKernel("resunet_conv_input_grad", isa, d.co, &kernel); e.failure()) {
+    return e;
+  }
+  if (d.n * d.t * d.f * d.ci == 0) return ffi::Error::Success();
+  // dy zero-padded by (kh - 1, kw - 1), plus slack for the last tile's dropped positions.
+  const int64_t h = d.t + d.kh - 1, w = d.f + d.kw - 1;
+  std::vector<float> dyp(d.n * h * w * d.co + (8 + d.kw) * d.co, 0.0f);
+  const float* src = dy.typed_data();
+  for (int64_t n = 0; n < d.n; ++n)
+    for (int64_t t = 0; t < d.t; ++t) {
+      std::memcpy(dyp.data() + ((n * h + t + d.kh / 2) * w + d.kw / 2) * d.co,
+                  src + (n * d.t + t) * d.f * d.co, d.f * d.co * sizeof(float));
+    }
+  // Every item owns 24 input channels (4 register tiles) of dx.
+  constexpr int64_t kGroup = 24;
+  const int64_t groups = (d.ci + kGroup - 1) / kGroup;
+  const float* kp = k.typed_data();
+  float* out = dx->typed_data();
+  ParallelFor(pool, groups, [&](int64_t g) {
+    kernel.input_grad(d, dyp.data(), kp, g * kGroup, std::min(d.ci, (g + 1) * kGroup), out);
+  });
+  return ffi::Error::Success();
+}
+
 // The kernel gradient of a 3x3 depthwise convolution: x and dy (N, T, F, C), dk (3, 3, 1, C).
 // XLA's nine reductions over (1, 304, 256, 64) take 24.5 ms.
 ffi::Error DepthwiseKernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -388,6 +438,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ResunetConvF32, ConvImpl,
                                   .Attr<int64_t>("isa"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ResunetDepthwiseKernelGradF32, DepthwiseKernelGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("isa"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ResunetConvInputGradF32, ConvInputGradImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
