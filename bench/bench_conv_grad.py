@@ -3,8 +3,8 @@ r"""One 3x3 convolution layer of the ResUNet143 models, forward and both gradien
 For each (1, T, F, C) -> C layer shape of the paper model (STFT bins 1024 at 3 s) and of the subband
 model (256 bins), median milliseconds of
 * ours: forward (``layers._conv_same``: XLA's, or the C++ kernel for <= 32 input channels), input
-  gradient (the same with the flipped, transposed kernel, ``layers._input_gradient_kernel``), and
-  the kernel gradient three ways: the C++ kernel (``cpu_kernels``, what training uses on CPU),
+  gradient (``layers._input_gradient``: a convolution with the flipped, transposed kernel, or the
+  C++ input gradient for the deep layers), and the kernel gradient three ways: the C++ kernel (``cpu_kernels``, what training uses on CPU),
   the blocked forward-convolution rewrite (``layers._kernel_gradient_cpu``, the fallback) and
   XLA's own (``layers._kernel_gradient_xla``);
 * PyTorch (when importable): ``conv2d`` and ``aten.convolution_backward`` for each gradient.
@@ -54,8 +54,7 @@ def run_jax(shapes, repeats):
     k = jnp.asarray(rng.standard_normal((3, 3, c, c)) * 0.05, jnp.float32)
     fns = {
         "fwd": (jax.jit(lambda x, k: layers._conv_same(x, k, None)), (x, k)),
-        "dx": (jax.jit(lambda dy, k: layers._conv_same(
-            dy, layers._input_gradient_kernel(k), None)), (dy, k)),
+        "dx": (jax.jit(lambda dy, k: layers._input_gradient(dy, k, None)), (dy, k)),
         "dW_blocked": (jax.jit(lambda x, dy: layers._kernel_gradient_cpu(x, dy, 3, 3, None)),
                        (x, dy)),
         "dW_xla": (jax.jit(lambda x, dy, k: layers._kernel_gradient_xla(x, dy, k, None)),

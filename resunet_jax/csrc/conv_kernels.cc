@@ -13,8 +13,11 @@
 // past. Used for few input channels, where XNNPACK is weakest.
 // ResunetDepthwiseKernelGradF32, the kernel gradient (3, 3, 1, C) of a 3x3 depthwise convolution
 // (XLA: nine separate reductions over the activations).
-// ResunetFlipSwapF32, the input gradient's kernel: k (kh, kw, I, O) -> (kh, kw, O, I), spatially
-// flipped.
+// ResunetConvInputGradF32, the input gradient dx (N, T, F, I) of dy (N, T, F, O) and k, reading k
+// as it is: for each (pixel, input channel) a dot product over the output channels. Used for the
+// deep layers (few pixels, many channels).
+// ResunetFlipSwapF32, the kernel the input gradient is elsewhere a convolution with:
+// k (kh, kw, I, O) -> (kh, kw, O, I), spatially flipped.
 //
 // The inner loops (conv_kernels_loops.inc) are compiled three times, for AVX-512, AVX2 and any
 // CPU, and chosen at run time. Work is split over XLA's intra-op thread pool by the shapes only:
