@@ -7,9 +7,9 @@ bounded decoupled mask) at width 1/4 (channels 8-64), 4 encoder levels, one resi
 
   python train.py --config=configs/small.py --workdir=/tmp/resunet_small
 
-Expected run time: 3-10 minutes on 2 CPU cores (measured: 2 min 57 s for the whole run, 600 updates
-at ~4.0 steps/s on an otherwise idle machine, loss 0.144 at step 20 -> 0.049 at 600, validation SDR
-8.7 dB at step 200 -> 9.1 dB at 600 on the built-in test split; 0.8-1.3 steps/s on a busier
+Expected run time: 3-10 minutes on 2 CPU cores (measured: 2 min 44 s for the whole run, 600 updates
+at ~4.3 steps/s on an otherwise idle machine, loss 0.144 at step 20 -> 0.050 at 600, validation SDR
+8.7 dB at step 200 -> 9.4 dB at 600 on the built-in test split; 0.8-1.3 steps/s on a busier
 machine). The built-in data set (synthetic MUSDB18-shaped tracks + the real stempeg excerpt) is
 written to ~/.cache/resunet_jax on first use (~20 s).
 """

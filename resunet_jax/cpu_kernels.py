@@ -141,7 +141,7 @@ def conv_kernel_grad(x, dy, kh, kw, isa=ISA_AUTO):
   """dW (kh, kw, I, O) of a stride-1 "SAME" convolution: x (N, T, F, I), dy (N, T, F, O), float32.
 
   CPU only (an XLA custom call); call ``load()`` first. Not differentiable by itself (see
-  ``layers._kernel_gradient_ffi``).
+  ``layers._bilinear_ffi``).
   """
   out = jax.ShapeDtypeStruct((kh, kw, x.shape[-1], dy.shape[-1]), jnp.float32)
   call = jax.ffi.ffi_call(KERNEL_GRAD_TARGET, out, vmap_method="sequential")
@@ -152,7 +152,7 @@ def conv(x, kernel, isa=ISA_AUTO):
   """Stride-1 "SAME" convolution, x (N, T, F, I) NHWC, kernel (kh, kw, I, O) HWIO, float32.
 
   CPU only (an XLA custom call); call ``load()`` first. Not differentiable by itself (see
-  ``layers._conv_same``).
+  ``layers._bilinear_ffi``).
   """
   n, t, f, _ = x.shape
   out = jax.ShapeDtypeStruct((n, t, f, kernel.shape[-1]), jnp.float32)

@@ -139,6 +139,22 @@ def _cpu_kernels_apply(*arrays):
           and cpu_kernels.enabled() and cpu_kernels.load())
 
 
+def _bilinear_ffi(ffi_fn, xla_fn):
+  """``ffi_fn`` (a C++ kernel) made differentiable through ``xla_fn``, the same bilinear map in XLA
+  ops: the tangent of f(a, b) is xla_fn(da, b) + xla_fn(a, db), which JAX can transpose (so
+  gradients of gradients work)."""
+  @jax.custom_jvp
+  def f(a, b):
+    return ffi_fn(a, b)
+
+  @f.defjvp
+  def f_jvp(primals, tangents):
+    (a, b), (a_dot, b_dot) = primals, tangents
+    return f(a, b), xla_fn(a_dot, b) + xla_fn(a, b_dot)
+
+  return f
+
+
 # On CPU, float32 convolutions with at most this many input channels (and a multiple of 16 output
 # channels, kernels larger than 1x1) run the C++ kernel (``cpu_kernels.conv``): XNNPACK is slowest
 # there, e.g. (1, 304, 256, 32) -> 32 3x3: 6.1 -> 5.1 ms, (1, 320, 1024, 32): 24.5 -> 20.7 ms. From
@@ -147,26 +163,12 @@ def _cpu_kernels_apply(*arrays):
 CPP_CONV_MAX_INPUT_CHANNELS = 32
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _conv_same_ffi(x, kernel, precision):
-  del precision  # float32 products, float32 sums
-  return cpu_kernels.conv(x, kernel)
-
-
-@_conv_same_ffi.defjvp
-def _conv_same_ffi_jvp(precision, primals, tangents):
-  # Bilinear; the tangent goes through XLA's convolution, which JAX can transpose.
-  (x, kernel), (x_dot, kernel_dot) = primals, tangents
-  return (_conv_same_ffi(x, kernel, precision),
-          _conv_same_xla(x_dot, kernel, precision) + _conv_same_xla(x, kernel_dot, precision))
-
-
 def _conv_same(x, kernel, precision):
   """Stride-1 "SAME" convolution (NHWC, HWIO): XLA's, or on CPU the C++ kernel where faster."""
   def cpu(x, k):
     if (k.shape[0] * k.shape[1] > 1 and k.shape[2] <= CPP_CONV_MAX_INPUT_CHANNELS
         and k.shape[3] % cpu_kernels.CHANNEL_MULTIPLE == 0 and _cpu_kernels_apply(x, k)):
-      return _conv_same_ffi(x, k, precision)
+      return _bilinear_ffi(cpu_kernels.conv, lambda a, b: _conv_same_xla(a, b, precision))(x, k)
     return _conv_same_xla(x, k, precision)
 
   return lax.platform_dependent(x, kernel, cpu=cpu,
@@ -232,26 +234,10 @@ def _kernel_gradient_cpu(x, dy, kh, kw, precision, block_bytes=None):
   return jnp.transpose(dk, (1, 2, 0, 3))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def _kernel_gradient_ffi(x, dy, kh, kw, precision):
-  """``_kernel_gradient_cpu`` computed by the C++ kernel (``cpu_kernels``); float32, CPU only."""
-  del precision  # float32 products, float32 sums
-  return cpu_kernels.conv_kernel_grad(x, dy, kh, kw)
-
-
-@_kernel_gradient_ffi.defjvp
-def _kernel_gradient_ffi_jvp(kh, kw, precision, primals, tangents):
-  # dW is bilinear in (x, dy); the tangent goes through the XLA version, which JAX can transpose
-  # (gradients of gradients).
-  (x, dy), (x_dot, dy_dot) = primals, tangents
-  out = _kernel_gradient_ffi(x, dy, kh, kw, precision)
-  return out, (_kernel_gradient_cpu(x_dot, dy, kh, kw, precision)
-               + _kernel_gradient_cpu(x, dy_dot, kh, kw, precision))
-
-
 def _kernel_gradient_cpu_best(x, dy, kh, kw, precision):
   if dy.shape[-1] % cpu_kernels.CHANNEL_MULTIPLE == 0 and _cpu_kernels_apply(x, dy):
-    return _kernel_gradient_ffi(x, dy, kh, kw, precision)
+    return _bilinear_ffi(lambda a, b: cpu_kernels.conv_kernel_grad(a, b, kh, kw),
+                         lambda a, b: _kernel_gradient_cpu(a, b, kh, kw, precision))(x, dy)
   return _kernel_gradient_cpu(x, dy, kh, kw, precision)
 
 
@@ -282,20 +268,6 @@ def _input_gradient_xla(dy, kernel, precision):
   return _conv_same_xla(dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3), precision)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _input_gradient_ffi(dy, kernel, precision):
-  del precision  # float32 products, float32 sums
-  return cpu_kernels.conv_input_grad(dy, kernel)
-
-
-@_input_gradient_ffi.defjvp
-def _input_gradient_ffi_jvp(precision, primals, tangents):
-  (dy, kernel), (dy_dot, kernel_dot) = primals, tangents  # bilinear, as _conv_same_ffi
-  return (_input_gradient_ffi(dy, kernel, precision),
-          _input_gradient_xla(dy_dot, kernel, precision)
-          + _input_gradient_xla(dy, kernel_dot, precision))
-
-
 # On CPU (float32), input gradients of layers with at most this many pixels per image and at least
 # CPP_INPUT_GRAD_MIN_CHANNELS input channels run the C++ kernel (``cpu_kernels.conv_input_grad``),
 # which reads the kernel as it is; elsewhere a convolution with the flipped, transposed kernel.
@@ -312,7 +284,8 @@ def _input_gradient(dy, kernel, precision):
     if (dy.shape[1] * dy.shape[2] <= CPP_INPUT_GRAD_MAX_PIXELS
         and k.shape[2] >= CPP_INPUT_GRAD_MIN_CHANNELS
         and k.shape[3] % cpu_kernels.CHANNEL_MULTIPLE == 0 and _cpu_kernels_apply(dy, k)):
-      return _input_gradient_ffi(dy, k, precision)
+      return _bilinear_ffi(cpu_kernels.conv_input_grad,
+                           lambda a, b: _input_gradient_xla(a, b, precision))(dy, k)
     return _conv_same(dy, _input_gradient_kernel(k), precision)
 
   return lax.platform_dependent(dy, kernel, cpu=cpu,
@@ -394,18 +367,6 @@ def _depthwise_kernel_grad_xla(x, dy):
   return jax.vjp(lambda k: _depthwise_conv3x3_xla(x, k), kernel)[1](dy)[0]
 
 
-@jax.custom_jvp
-def _depthwise_kernel_grad_ffi(x, dy):
-  return cpu_kernels.depthwise_kernel_grad(x, dy)
-
-
-@_depthwise_kernel_grad_ffi.defjvp
-def _depthwise_kernel_grad_ffi_jvp(primals, tangents):
-  (x, dy), (x_dot, dy_dot) = primals, tangents  # bilinear, as _kernel_gradient_ffi
-  return (_depthwise_kernel_grad_ffi(x, dy),
-          _depthwise_kernel_grad_xla(x_dot, dy) + _depthwise_kernel_grad_xla(x, dy_dot))
-
-
 @jax.custom_vjp
 def depthwise_conv3x3(x, kernel):
   """3x3 depthwise "SAME" convolution, x (N, T, F, C), kernel (3, 3, 1, C).
@@ -427,7 +388,7 @@ def _depthwise_conv3x3_bwd(residuals, dy):
 
   def cpu(x, dy):
     if x.shape[-1] % cpu_kernels.CHANNEL_MULTIPLE == 0 and _cpu_kernels_apply(x, dy):
-      return _depthwise_kernel_grad_ffi(x, dy)
+      return _bilinear_ffi(cpu_kernels.depthwise_kernel_grad, _depthwise_kernel_grad_xla)(x, dy)
     return _depthwise_kernel_grad_xla(x, dy)
 
   dk = lax.platform_dependent(x, dy, cpu=cpu, default=_depthwise_kernel_grad_xla)

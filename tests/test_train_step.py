@@ -131,3 +131,23 @@ def test_one_device_mesh_has_no_collectives_and_two_devices_do():
   is a copy of every gradient: 0.27 -> 0.29 steps/s for the subband ResUNet143 on this CPU)."""
   assert _all_reduces(jax.devices()[:1]) == 0
   assert _all_reduces(jax.devices()[:2]) > 0
+
+
+def test_cpu_kernels_run_inside_the_sharded_step_and_devices_still_agree():
+  """At width 1/2 (16 and 32 channels) the step's convolutions use the C++ CPU kernels
+  (resunet_jax.cpu_kernels); 1 and 2 devices still agree to float rounding."""
+  from resunet_jax import cpu_kernels  # pylint: disable=g-import-not-at-top
+  if not (cpu_kernels.find_compiler() and cpu_kernels.load()):
+    pytest.skip("the C++ CPU kernels cannot be built here (no C++ compiler)")
+  config = _config()
+  config.model.width = 0.5
+  tx = optax.sgd(0.5)
+  mesh, model, state = _setup(config, tx, jax.devices()[:2])
+  train_step = step_lib.make_train_step(mesh, model, tx, optim.make_schedule(config))
+  batch = step_lib.global_batch(mesh, next(inputs.train_batches(config, start_step=0)))
+  hlo = train_step.lower(state, batch).as_text()
+  assert cpu_kernels.KERNEL_GRAD_TARGET in hlo and cpu_kernels.CONV_TARGET in hlo
+  one, losses_one = _train(config, tx, jax.devices()[:1], 2)
+  two, losses_two = _train(config, tx, jax.devices()[:2], 2)
+  np.testing.assert_allclose(losses_one, losses_two, rtol=1e-5)
+  _assert_trees_close(one.params, two.params, 2e-6, "params")

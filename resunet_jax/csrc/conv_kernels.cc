@@ -432,40 +432,24 @@ ffi::Error FlipSwapImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> k,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ResunetConvF32, ConvImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("isa"));
+// The handlers: two float32 operands, one float32 result and the `isa` attribute (flip-swap: one
+// operand, no attribute).
+#define RJ_BINARY_HANDLER(name, impl)                                                  \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, impl,                                            \
+                                ffi::Ffi::Bind()                                       \
+                                    .Ctx<ffi::ThreadPool>()                            \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                      \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                      \
+                                    .Ret<ffi::Buffer<ffi::F32>>()                      \
+                                    .Attr<int64_t>("isa"))
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ResunetDepthwiseKernelGradF32, DepthwiseKernelGradImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("isa"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ResunetConvInputGradF32, ConvInputGradImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("isa"));
+RJ_BINARY_HANDLER(ResunetConvKernelGradF32, ConvKernelGradImpl);
+RJ_BINARY_HANDLER(ResunetConvF32, ConvImpl);
+RJ_BINARY_HANDLER(ResunetConvInputGradF32, ConvInputGradImpl);
+RJ_BINARY_HANDLER(ResunetDepthwiseKernelGradF32, DepthwiseKernelGradImpl);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ResunetFlipSwapF32, FlipSwapImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ResunetConvKernelGradF32, ConvKernelGradImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("isa"));
