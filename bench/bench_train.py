@@ -39,7 +39,7 @@ def make_batch(batch, seconds, seed=0):
   return inputs.RandomBatches(data, seed=seed, global_batch_size=batch).batch(0)
 
 
-def run_jax(arch, batch, seconds, steps, warmup):
+def run_jax(arch, batch, seconds, steps, warmup, dtype="float32"):
   sys.path.insert(0, REPO)
   import resunet_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   import jax  # pylint: disable=g-import-not-at-top
@@ -53,7 +53,7 @@ def run_jax(arch, batch, seconds, steps, warmup):
       optimizer=dict(name="pytorch_amsgrad", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8,
                      weight_decay=0.0),
       schedule=dict(name="lambda_lr", warm_up_steps=1000, decay_steps=15000, decay_rate=0.9)))
-  model = models.build_model(arch)
+  model = models.build_model(arch, **({"dtype": jax.numpy.bfloat16} if dtype == "bfloat16" else {}))
   tx = optim.make_optimizer(config)
   devices = jax.local_devices()
   devices = devices[:max(d for d in range(1, len(devices) + 1) if batch % d == 0)]
@@ -77,7 +77,8 @@ def run_jax(arch, batch, seconds, steps, warmup):
     state, metrics = compiled(state, gbatch)
     jax.block_until_ready(metrics)
     times.append(time.time() - t0)
-  return {"side": "jax", "arch": arch, "devices": len(devices), "init_s": init_s,
+  return {"side": "jax", "arch": arch, "devices": len(devices), "platform": devices[0].platform,
+          "dtype": dtype, "init_s": init_s,
           "compile_s": compile_s, "step_times": times, "loss": float(metrics["loss"]),
           "params": models.count_params(state.params)}
 
@@ -122,16 +123,21 @@ def run_torch(arch, batch, seconds, steps, warmup):
 
 
 def _child(args):
-  fn = run_jax if args.child == "jax" else run_torch
-  result = fn(args.models, args.batch, args.seconds, args.steps, args.warmup)
+  if args.child == "jax":
+    result = run_jax(args.models, args.batch, args.seconds, args.steps, args.warmup, args.dtype)
+  else:
+    result = run_torch(args.models, args.batch, args.seconds, args.steps, args.warmup)
   workers.report(result)
 
 
 def _spawn(side, arch, args, preload):
+  env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+  if side == "torch" or args.jax_platform == "cpu":
+    env["CUDA_VISIBLE_DEVICES"] = ""  # PyTorch's side is the CPU one; so is ours unless asked
   return workers.run(__file__, [f"--child={side}", f"--models={arch}", f"--batch={args.batch}",
                                 f"--seconds={args.seconds}", f"--steps={args.steps}",
-                                f"--warmup={args.warmup}"],
-                     tcmalloc=preload, env={"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+                                f"--warmup={args.warmup}", f"--dtype={args.dtype}"],
+                     tcmalloc=preload, env=env)
 
 
 def main():
@@ -143,6 +149,10 @@ def main():
   parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
   parser.add_argument("--jax_preload", choices=("tcmalloc", "none"), default="tcmalloc")
   parser.add_argument("--no_torch", action="store_true")
+  parser.add_argument("--jax_platform", choices=("cpu", "gpu"), default="cpu",
+                      help="gpu: our step on the GPUs (the PyTorch side stays on the CPU)")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="our compute dtype (parameters stay float32)")
   parser.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
