@@ -93,7 +93,7 @@ def _library_name(compiler):
 
 
 def build(compiler=None, directory=None):
-  """Compiles the kernel (if not cached) and returns the library's path; raises on failure."""
+  """Compiles the kernels (if not cached) and returns the library's path; raises on failure."""
   compiler = compiler or find_compiler()
   if compiler is None:
     raise RuntimeError("no C++ compiler found ($CXX, c++, g++, clang++)")
@@ -111,6 +111,7 @@ def build(compiler=None, directory=None):
     if proc.returncode != 0:
       raise RuntimeError(f"compiling {SOURCES[0]} failed ({' '.join(cmd)}):\n"
                          f"{proc.stderr.strip()[-2000:]}")
+    os.chmod(tmp, 0o755)  # mkstemp makes it private; a shared cache directory needs it readable
     os.replace(tmp, path)  # atomic: another process sees the whole library or none
   finally:
     if os.path.exists(tmp):

@@ -163,15 +163,16 @@ def _bilinear_ffi(ffi_fn, xla_fn):
 CPP_CONV_MAX_INPUT_CHANNELS = 32
 
 
+def _conv_same_cpu(x, k, precision):
+  if (k.shape[0] * k.shape[1] > 1 and k.shape[2] <= CPP_CONV_MAX_INPUT_CHANNELS
+      and k.shape[3] % cpu_kernels.CHANNEL_MULTIPLE == 0 and _cpu_kernels_apply(x, k)):
+    return _bilinear_ffi(cpu_kernels.conv, lambda a, b: _conv_same_xla(a, b, precision))(x, k)
+  return _conv_same_xla(x, k, precision)
+
+
 def _conv_same(x, kernel, precision):
   """Stride-1 "SAME" convolution (NHWC, HWIO): XLA's, or on CPU the C++ kernel where faster."""
-  def cpu(x, k):
-    if (k.shape[0] * k.shape[1] > 1 and k.shape[2] <= CPP_CONV_MAX_INPUT_CHANNELS
-        and k.shape[3] % cpu_kernels.CHANNEL_MULTIPLE == 0 and _cpu_kernels_apply(x, k)):
-      return _bilinear_ffi(cpu_kernels.conv, lambda a, b: _conv_same_xla(a, b, precision))(x, k)
-    return _conv_same_xla(x, k, precision)
-
-  return lax.platform_dependent(x, kernel, cpu=cpu,
+  return lax.platform_dependent(x, kernel, cpu=lambda x, k: _conv_same_cpu(x, k, precision),
                                 default=lambda x, k: _conv_same_xla(x, k, precision))
 
 
@@ -251,21 +252,19 @@ def _kernel_gradient_xla(x, dy, kernel, precision):
 FLIP_SWAP_MIN_CHANNELS = 128 * 128
 
 
-def _input_gradient_kernel(kernel):
+def _flip_swap(kernel):
   """The input gradient correlates dy with this: the kernel spatially flipped, in/out swapped."""
-  def xla(k):
-    return jnp.flip(k, (0, 1)).swapaxes(2, 3)
+  return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
 
-  def cpu(k):
-    if k.shape[2] * k.shape[3] >= FLIP_SWAP_MIN_CHANNELS and _cpu_kernels_apply(k):
-      return cpu_kernels.flip_swap(k)
-    return xla(k)
 
-  return lax.platform_dependent(kernel, cpu=cpu, default=xla)
+def _flip_swap_cpu(kernel):
+  if kernel.shape[2] * kernel.shape[3] >= FLIP_SWAP_MIN_CHANNELS and _cpu_kernels_apply(kernel):
+    return cpu_kernels.flip_swap(kernel)
+  return _flip_swap(kernel)
 
 
 def _input_gradient_xla(dy, kernel, precision):
-  return _conv_same_xla(dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3), precision)
+  return _conv_same_xla(dy, _flip_swap(kernel), precision)
 
 
 # On CPU (float32), input gradients of layers with at most this many pixels per image and at least
@@ -286,7 +285,7 @@ def _input_gradient(dy, kernel, precision):
         and k.shape[3] % cpu_kernels.CHANNEL_MULTIPLE == 0 and _cpu_kernels_apply(dy, k)):
       return _bilinear_ffi(cpu_kernels.conv_input_grad,
                            lambda a, b: _input_gradient_xla(a, b, precision))(dy, k)
-    return _conv_same(dy, _input_gradient_kernel(k), precision)
+    return _conv_same_cpu(dy, _flip_swap_cpu(k), precision)
 
   return lax.platform_dependent(dy, kernel, cpu=cpu,
                                 default=lambda dy, k: _input_gradient_xla(dy, k, precision))
