@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "absl-py>=2.0",
     "tqdm>=4.60",
     "tensorboard>=2.15",  # clu.metric_writers needs it for TensorBoard summaries
+    "matplotlib>=3.7",  # resunet_jax.compare's plots (Agg backend)
 ]
 
 EXTRAS = {
@@ -49,4 +50,9 @@ setup(
     package_data={"resunet_jax": ["csrc/*.cc", "csrc/*.inc"]},  # compiled on first use
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "resunet-compare = resunet_jax.compare:main",
+        ],
+    },
 )
