@@ -1,84 +1,47 @@
-"""The parity fixtures of ../shared/fixtures/parity and the rule that rebuilds their weights."""
-import ast
+"""The parity fixtures of tests/fixtures/parity (made by scripts/make_parity_fixtures.py from the
+authors' bytesep models) and the converted models that are compared with them."""
 import json
 import os
 
 import numpy as np
-import pytest
+
+from resunet_jax.testing import bytesep_reference as ref
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURE_DIR = os.path.join(HERE, "fixtures", "parity")
+CHECKPOINT = os.path.join(FIXTURE_DIR, "mobilenet_subbandtime_checkpoint.pth")
+PQMF_KERNELS = os.path.join(FIXTURE_DIR, "pqmf_frozen.npz")
+ARCHS = ("mobilenet_subbandtime", "resunet143_subbandtime", "resunet143_ismir2021")
 
 
-def shared_dir():
-  """../shared next to the checkout (or $RESUNET_SHARED), or None."""
-  path = os.environ.get("RESUNET_SHARED") or os.path.join(HERE, "..", "..", "shared")
-  path = os.path.abspath(path)
-  return path if os.path.isdir(path) else None
-
-
-def shared_path(*parts):
-  """A path under ../shared; skips the calling test with the reason when it is absent."""
-  root = shared_dir()
-  if root is None:
-    pytest.skip("../shared (the authors' fixtures and data) is absent; set RESUNET_SHARED to "
-                "its location to run this test")
-  path = os.path.join(root, *parts)
-  if not os.path.exists(path):
-    pytest.skip(f"{path} is absent")
-  return path
-
-
-FIXTURES = {
-    "resunet143_ismir2021": "ismir2021_s1.npz",
-    "resunet143_subbandtime": "subbandtime_s1.npz",
-    "mobilenet_subbandtime": "mobilenet_s1.npz",
-}
+def fixture_path(name):
+  return os.path.join(FIXTURE_DIR, name)
 
 
 def load_fixture(arch):
-  path = shared_path("fixtures", "parity", FIXTURES[arch])
-  with np.load(path) as f:
+  """(arrays, meta) of ``<arch>.npz``; meta["state_dict_keys"] as [(key, shape tuple), ...]."""
+  with np.load(fixture_path(f"{arch}.npz")) as f:
     data = {k: f[k] for k in f.files}
   meta = json.loads(str(data.pop("meta")))
-  keys = meta["state_dict_keys"]
-  if isinstance(keys, str):
-    keys = ast.literal_eval(keys)
-  meta["state_dict_keys"] = [(k, tuple(s)) for k, s in keys]
+  meta["state_dict_keys"] = [(k, tuple(s)) for k, s in meta["state_dict_keys"]]
   return data, meta
 
 
 def rule_state_dict(meta):
-  """The fixture weights, rebuilt from the documented rule (fixtures/parity/README.md)."""
-  rng = np.random.default_rng(meta["seed"])
-  state = {}
-  for key, shape in meta["state_dict_keys"]:
-    last = key.rsplit(".", 1)[-1]
-    if last == "num_batches_tracked" or key.startswith(("stft.", "istft.", "pqmf.")):
-      continue
-    if last == "running_mean":
-      value = rng.uniform(-0.1, 0.1, shape)
-    elif last == "running_var":
-      value = rng.uniform(0.5, 1.5, shape)
-    elif last == "weight" and len(shape) == 1:
-      value = rng.uniform(0.5, 1.5, shape)
-      value = value * rng.choice([-1.0, 1.0], shape)
-    elif last == "bias" and len(shape) == 1:
-      value = rng.uniform(-0.1, 0.1, shape)
-    elif last == "weight":
-      gain = 0.1 if key.startswith("after_conv2.") else 1.0
-      value = rng.standard_normal(shape) * gain / np.sqrt(np.prod(shape[1:]))
-    else:
-      raise AssertionError(f"no rule for {key} {shape}")
-    state[key] = value.astype(np.float32)
-  return state
+  """The fixture's weights, rebuilt from the documented rule (``ref.WEIGHT_RULE``)."""
+  return ref.rule_state_dict(meta["state_dict_keys"], meta["seed"])
+
+
+def pqmf_kernels():
+  with np.load(PQMF_KERNELS) as f:
+    return {k: f[k] for k in f.files}
 
 
 def fixture_state_dict(arch, meta):
   """Rule weights plus, for the subband models, the frozen PQMF tensors."""
   state = rule_state_dict(meta)
   if arch != "resunet143_ismir2021":
-    with np.load(shared_path("fixtures", "parity", "pqmf_frozen.npz")) as f:
-      state.update({k: f[k] for k in f.files})
+    state.update(pqmf_kernels())
   return state
 
 
@@ -101,20 +64,35 @@ def forward(arch, dtype):
   return data, y, head
 
 
-def forward_float64_in_subprocess(arch, tmp_dir):
-  """``forward(arch, float64)`` in a fresh process with x64 on and the default XLA:CPU flags off.
+def float64_env():
+  """The environment of a float64 subprocess: x64 on, on the CPU, without the YNNPACK fusion flag
+  (float64 convolutions are ~10x slower with it) whether or not ``import resunet_jax`` sets it."""
+  flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "ynn_fusion" not in f)
+  return dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu", RESUNET_XLA_DEFAULTS="0",
+              XLA_FLAGS=flags)
 
-  XLA:CPU's YNNPACK fusions (enabled by resunet_jax for float32 speed) make float64 convolutions
-  ~10x slower; the flag is process-wide, so float64 work runs in its own process.
-  """
+
+def run_float64_subprocess(code, *args, timeout=1200):
+  """Runs ``code`` (python source; ``sys.argv[1:]`` = ``args``) in a fresh float64 JAX process
+  with this directory on the path; raises with its output when it fails."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
+  prelude = ("import jax; jax.config.update('jax_enable_x64', True); "
+             "jax.config.update('jax_platforms', 'cpu'); import sys; sys.path.insert(0, %r)\n"
+             % HERE)
+  result = subprocess.run([sys.executable, "-c", prelude + code, *map(str, args)], cwd=HERE,
+                          env=float64_env(), capture_output=True, text=True, timeout=timeout)
+  if result.returncode != 0:
+    raise AssertionError(f"float64 subprocess failed ({result.returncode}):\n"
+                         f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+  return result.stdout
+
+
+def forward_float64_in_subprocess(arch, tmp_dir):
+  """``forward(arch, float64)`` in a fresh process (see ``run_float64_subprocess``)."""
   out = os.path.join(str(tmp_dir), f"{arch}_f64.npz")
-  code = ("import sys, jax; jax.config.update('jax_enable_x64', True); import numpy as np; "
-          "import parity_utils as pu; _, y, h = pu.forward(sys.argv[1], np.float64); "
-          "np.savez(sys.argv[2], y=y, head=h)")
-  flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "ynn_fusion" not in f)
-  env = dict(os.environ, RESUNET_XLA_DEFAULTS="0", XLA_FLAGS=flags)
-  subprocess.run([sys.executable, "-c", code, arch, out], cwd=HERE, env=env, check=True)
+  code = ("import numpy as np; import parity_utils as pu; _, y, h = pu.forward(sys.argv[1], "
+          "np.float64); np.savez(sys.argv[2], y=y, head=h)")
+  run_float64_subprocess(code, arch, out)
   with np.load(out) as f:
     return f["y"], f["head"]
