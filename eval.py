@@ -17,7 +17,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-import resunet_jax  # noqa: F401  (XLA:CPU flags, before JAX starts)
+from resunet_jax import runtime
+
+runtime.set_xla_cpu_flags()  # before JAX starts its CPU backend
 
 config_flags.DEFINE_config_file("config", None, "training config; its .data selects the data",
                                 lock_config=False)
@@ -43,6 +45,9 @@ flags.DEFINE_float("overlap_seconds", 10.0, "cross-fade length (crossfade scheme
 flags.DEFINE_integer("batch_size", 1, "chunks per model call")
 flags.DEFINE_integer("workers", None, "scoring processes (default: CPU count; 0: in-process)")
 flags.DEFINE_bool("save_estimates", False, "also write the estimates as float wavs")
+flags.DEFINE_enum("conv_backend", "xla", ["xla", "cpu"],
+                  "convolution backend (resunet_jax.backends): xla, or cpu for faster depthwise "
+                  "convolutions on CPU hosts")
 flags.DEFINE_string("manual_dir", None, "MUSDB18 folder with train/ and test/ (data.manual_dir)")
 flags.DEFINE_string("data_dir", None, "TFDS data dir (data.data_dir)")
 flags.DEFINE_enum("variant", None, ["stem", "hq"], "stem (.stem.mp4, the paper's) or hq (wav)")
@@ -70,7 +75,7 @@ def main(argv):
       oracles=oracles, oracle_targets=FLAGS.oracle_targets, residual=FLAGS.residual,
       scheme=FLAGS.scheme, chunk_seconds=FLAGS.chunk_seconds,
       overlap_seconds=FLAGS.overlap_seconds, batch_size=FLAGS.batch_size, workers=FLAGS.workers,
-      save_estimates=FLAGS.save_estimates)
+      save_estimates=FLAGS.save_estimates, conv_backend=FLAGS.conv_backend)
 
 
 if __name__ == "__main__":

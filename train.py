@@ -14,11 +14,14 @@ import importlib.util
 import os
 import sys
 
-import resunet_jax  # noqa: F401  (sets the XLA:CPU flags before JAX starts)
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from resunet_jax import runtime
+
+runtime.set_xla_cpu_flags()  # before JAX starts its CPU backend
 
 FLAGS = flags.FLAGS
 

@@ -31,7 +31,8 @@ def _pqmf_dir():
 
 
 def worker_jax(arch, seconds, repeats):
-  import resunet_jax  # pylint: disable=unused-import,g-import-not-at-top  (XLA flags first)
+  from resunet_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.set_xla_cpu_flags()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top

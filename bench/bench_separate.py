@@ -61,7 +61,8 @@ def _peak_mb():
 
 
 def worker_ours(arch, path, schemes):
-  import resunet_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from resunet_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.set_xla_cpu_flags()
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import soundfile as sf  # pylint: disable=g-import-not-at-top

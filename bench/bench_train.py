@@ -41,7 +41,8 @@ def make_batch(batch, seconds, seed=0):
 
 def run_jax(arch, batch, seconds, steps, warmup, dtype="float32"):
   sys.path.insert(0, REPO)
-  import resunet_jax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from resunet_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.set_xla_cpu_flags()
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   from resunet_jax import models  # pylint: disable=g-import-not-at-top

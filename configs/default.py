@@ -14,8 +14,8 @@ batch 1 takes ~34 s (bench/bench_train.py), i.e. ~9 min per update at batch 16. 
 ``manual_dir`` it trains on the small built-in data set.
 """
 import ml_collections
-from ml_collections import config_dict
 
+from resunet_jax import models
 from resunet_jax.data import pipeline
 
 
@@ -23,19 +23,12 @@ def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0  # model init, data sampling and the per-step RNG all derive from it.
 
-  config.model = ml_collections.ConfigDict()
-  config.model.arch = "resunet143_ismir2021"  # a key of resunet_jax.models.ARCHITECTURES
-  # Smaller networks from the same blocks (None = the preset's value).
-  config.model.width = 1.0  # channel multiplier
-  config.model.levels = config_dict.placeholder(int)  # encoder levels kept (preset: 6)
-  config.model.blocks_per_stage = config_dict.placeholder(int)
-  config.model.center_blocks = config_dict.placeholder(int)
-  # Ablations (None = the preset's value): resunet_jax.masks.MASKS ("decouple_plus",
-  # "decouple_plus_bounded", "decouple", "irm", "cirm"), "leaky_relu" | "relu", "bn" | "abn".
-  config.model.mask = config_dict.placeholder(str)
-  config.model.activation = config_dict.placeholder(str)
-  config.model.second_norm = config_dict.placeholder(str)
-  config.model.dtype = "float32"  # "bfloat16": bf16 compute on accelerators, float32 parameters
+  # The preset (a key of resunet_jax.models.ARCHITECTURES) and every Separator field, each None =
+  # the preset's value: e.g. --config.model.width=0.25 --config.model.levels=4 (smaller networks
+  # from the same blocks), --config.model.mask=irm (ablations: resunet_jax.masks.MASKS),
+  # --config.model.dtype=bfloat16 (bf16 compute, float32 parameters), --config.model.conv_backend=cpu
+  # (resunet_jax.backends). Unknown or invalid values stop before anything starts, naming the key.
+  config.model = models.model_config("resunet143_ismir2021")
 
   config.data = pipeline.default_data_config()  # "random" as data.name: no-TF tones in noise
 

@@ -1,18 +1,22 @@
-"""Model checkpoints: a separator's variables (Orbax) plus the description needed to rebuild it.
+"""Saved models: what separation and evaluation read, in both of the layouts this library writes.
 
-A *model directory* (what ``convert`` writes and what separation and evaluation read) holds
+A *model directory* (what ``convert`` and ``save_model`` write)::
 
-  model.json    {"format": "resunet_jax.model/1", "arch": ..., "model": {Separator fields},
-                 "sources": [...], "sample_rate": 44100, "metadata": {...}}
+  model.json    the model description (``models.describe``): {"format": "resunet_jax.model/1",
+                "arch", "model": {Separator fields}, "sources", "sample_rate", "metadata"}
   variables/    an Orbax PyTree checkpoint of {"params", "batch_stats"[, "constants"]}
 
-It is written into a temporary sibling directory and renamed into place, so a crash never leaves
-a half-written model directory, and an existing directory is never overwritten unless asked.
+written into a temporary sibling directory and renamed into place (a crash never leaves a
+half-written model directory; an existing one is replaced only when asked).
 
-``load_model`` also accepts a training work directory or one of its step directories; that part is
-delegated to ``resunet_jax.training.checkpointing``.
+A *training work directory* (``resunet_jax.training``) holds Orbax composite checkpoints
+``checkpoints/<step>/`` whose ``variables`` and ``model`` items are the same two things (the model
+description saved beside the variables), plus what resuming needs. ``load_model`` reads a model
+directory, a work directory (its best-validation-SDR step, else the latest) or one step directory.
+This module owns both layouts; the training package writes through it, never the other way round.
 """
 import json
+import logging as py_logging
 import os
 import shutil
 
@@ -20,64 +24,37 @@ import jax
 import numpy as np
 
 from resunet_jax import fileutil
+from resunet_jax import models
 
-FORMAT = "resunet_jax.model/1"
 MODEL_JSON = "model.json"
 VARIABLES_DIR = "variables"
+# Training work directories.
+CHECKPOINT_DIR = "checkpoints"
+STEP_ITEMS = ("variables", "model", "train", "meta")  # Orbax item names of a step directory
+BEST_METRIC = "val_sdr"
 
 
-def _jsonable(value):
-  if isinstance(value, (tuple, list)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, dict):
-    return {k: _jsonable(v) for k, v in value.items()}
-  if isinstance(value, np.generic):
-    return value.item()
-  if value is None or isinstance(value, (bool, int, float, str)):
-    return value
-  # dtypes and the like
-  return str(np.dtype(value)) if _is_dtype(value) else str(value)
+class _QuietOrbax(py_logging.Filter):
+  """Drops three Orbax messages that our use triggers deliberately: the warning on a save without
+  metrics while best-checkpoint tracking is on (validation runs less often than saves), the
+  read-only-directory notice of read-only managers, and the missing ``_CHECKPOINT_METADATA`` of an
+  item read on its own (``restore_item``; that file sits in the step directory). Orbax's other
+  logging is untouched."""
+
+  def filter(self, record):
+    message = record.getMessage()
+    return not any(m in message for m in ("did not provide metrics",
+                                          "Given directory is read only",
+                                          "_CHECKPOINT_METADATA"))
 
 
-def _is_dtype(value):
-  try:
-    np.dtype(value)
-    return True
-  except TypeError:
-    return False
+_QUIET = _QuietOrbax()
 
 
-def model_description(model, arch=None, sources=("vocals",), metadata=None):
-  """The JSON-able description stored next to a model's variables."""
-  from resunet_jax import models  # pylint: disable=g-import-not-at-top
-  fields = {}
-  for name in models.Separator.__dataclass_fields__:
-    if name in ("parent", "name", "bn_axis_name"):
-      continue
-    fields[name] = _jsonable(getattr(model, name))
-  return {"format": FORMAT, "arch": arch, "model": fields, "sources": list(sources),
-          "sample_rate": 44100, "metadata": _jsonable(metadata or {})}
-
-
-def model_from_description(desc, **overrides):
-  """Rebuilds the ``Separator`` a description (``model.json``) describes."""
-  from resunet_jax import models  # pylint: disable=g-import-not-at-top
-  if desc.get("format") != FORMAT:
-    raise ValueError(f"model description has format {desc.get('format')!r}, expected {FORMAT!r}")
-  fields = dict(desc["model"])
-  for key in ("channels",):
-    fields[key] = tuple(fields[key])
-  fields["pools"] = tuple(tuple(p) for p in fields["pools"])
-  for key in ("dtype", "param_dtype"):
-    if fields.get(key) is not None:
-      fields[key] = np.dtype(fields[key]) if fields[key] != "bfloat16" else "bfloat16"
-  if fields.get("precision") == "None":
-    fields["precision"] = None
-  fields.update(overrides)
-  unknown = sorted(set(fields) - set(models.Separator.__dataclass_fields__))
-  if unknown:
-    raise ValueError(f"model description has unknown field(s) {unknown}")
-  return models.Separator(**fields)
+def quiet_orbax_logs():
+  absl_logger = py_logging.getLogger("absl")
+  if _QUIET not in absl_logger.filters:
+    absl_logger.addFilter(_QUIET)
 
 
 def _atomic_json(path, obj):
@@ -104,7 +81,7 @@ def save_model(out_dir, model, variables, *, arch=None, sources=("vocals",), met
     checkpointer.wait_until_finished()
     checkpointer.close()
     _atomic_json(os.path.join(tmp, MODEL_JSON),
-                 model_description(model, arch=arch, sources=sources, metadata=metadata))
+                 models.describe(model, arch=arch, sources=sources, metadata=metadata))
     if os.path.exists(out_dir):
       old = out_dir + ".old-" + os.path.basename(tmp)
       os.replace(out_dir, old)
@@ -122,29 +99,102 @@ def is_model_dir(path):
   return os.path.isfile(os.path.join(path, MODEL_JSON))
 
 
+def is_step_dir(path):
+  return all(os.path.isdir(os.path.join(path, item)) for item in ("variables", "meta"))
+
+
+def is_workdir(path):
+  return os.path.isdir(os.path.join(path, CHECKPOINT_DIR))
+
+
+def is_loadable(path):
+  """A model directory, a training work directory or one of its checkpoint step directories."""
+  path = os.path.abspath(os.path.expanduser(path))
+  return is_model_dir(path) or is_step_dir(path) or is_workdir(path)
+
+
 def read_description(path):
   with open(os.path.join(path, MODEL_JSON)) as f:
     return json.load(f)
 
 
-def load_model(path, **overrides):
-  """(model, variables, description) from a model directory or a training work directory.
-
-  ``overrides`` replace Separator fields (e.g. ``dtype="bfloat16"``, ``precision="highest"``).
-  """
+def restore_item(item_dir, device=None):
+  """An Orbax PyTree item (e.g. ``<step>/variables``) restored onto one device, whatever the
+  topology that saved it (another device count, several processes, a TPU slice)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  quiet_orbax_logs()
+  device = device or jax.local_devices()[0]
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    metadata = checkpointer.metadata(item_dir).item_metadata
+    abstract = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), metadata)
+    return checkpointer.restore(item_dir, abstract)
+  finally:
+    checkpointer.close()
+
+
+def _best_metric(metrics) -> float:
+  value = float(metrics.get(BEST_METRIC, float("-inf")))
+  return value if np.isfinite(value) else float("-inf")
+
+
+def select_step(workdir):
+  """The step a work directory's model is read from: the best validation SDR, else the latest."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  quiet_orbax_logs()
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, best_fn=_best_metric,
+                                         best_mode="max")
+  manager = ocp.CheckpointManager(os.path.join(workdir, CHECKPOINT_DIR), options=options,
+                                  item_names=STEP_ITEMS)
+  try:
+    with_metrics = [s for s in manager.all_steps() if manager.metrics(s)]
+    step = manager.best_step() if with_metrics else None
+    return manager.latest_step() if step is None else step
+  finally:
+    manager.close()
+
+
+def _read_json_item(step_dir, item):
+  with open(os.path.join(step_dir, item, "metadata")) as f:
+    return json.load(f)
+
+
+def load_model(path, **overrides):
+  """(model, variables, description) from a model directory, a training work directory or one of
+  its step directories.
+
+  ``overrides`` replace Separator fields (e.g. ``dtype="bfloat16"``, ``precision="highest"``,
+  ``conv_backend="cpu"``). ``variables`` is ``{"params", "batch_stats"[, "constants"]}``. For a
+  training checkpoint the description's metadata also names the step and the step directory.
+  """
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
     raise FileNotFoundError(f"checkpoint {path} does not exist")
-  if not is_model_dir(path):
-    try:
-      from resunet_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ValueError(f"{path} is not a model directory (no {MODEL_JSON})") from e
-    return checkpointing.load_model_from_workdir(path, **overrides)
-  desc = read_description(path)
-  model = model_from_description(desc, **overrides)
-  checkpointer = ocp.StandardCheckpointer()
-  variables = checkpointer.restore(os.path.join(path, VARIABLES_DIR))
-  checkpointer.close()
-  return model, variables, desc
+  if is_model_dir(path):
+    desc = read_description(path)
+    model = models.from_description(desc, **overrides)
+    return model, dict(restore_item(os.path.join(path, VARIABLES_DIR))), desc
+  if is_step_dir(path):
+    step_dir = path
+  elif is_workdir(path):
+    step = select_step(path)
+    if step is None:
+      raise ValueError(f"training work directory {path} has no finished checkpoint")
+    step_dir = os.path.join(path, CHECKPOINT_DIR, str(step))
+  else:
+    raise ValueError(f"{path} is neither a model directory (no {MODEL_JSON}), a training work "
+                     f"directory (no {CHECKPOINT_DIR}/) nor a checkpoint step directory (no "
+                     "variables/ and meta/)")
+  meta = _read_json_item(step_dir, "meta")
+  if os.path.isdir(os.path.join(step_dir, "model")):
+    desc = _read_json_item(step_dir, "model")
+  else:  # written before the description became an item of its own
+    desc = meta["model"]
+  model = models.from_description(desc, **overrides)
+  variables = restore_item(os.path.join(step_dir, "variables"))
+  desc = dict(desc)
+  desc["metadata"] = dict(desc.get("metadata") or {}, step=meta["step"], checkpoint=step_dir,
+                          validation=meta.get("validation"))
+  return model, dict(variables), desc

@@ -545,13 +545,15 @@ def evaluate_checkpoint(checkpoint_path=None, data_config=None, *, eval_dir=None
                         num_tracks=None, track_names=None, protocols=("authors",), oracles=(),
                         oracle_targets=MUSDB_TARGETS, residual=False, scheme="authors",
                         chunk_seconds=30.0, overlap_seconds=10.0, batch_size=1, workers=None,
-                        save_estimates=False, progress=True, log=print) -> dict:
+                        save_estimates=False, conv_backend="xla", progress=True,
+                        log=print) -> dict:
   """``eval.py``'s work: a model directory or training workdir (and/or oracles) on a MUSDB18 split.
 
   ``data_config``: the data config (``config.data`` of a training config); None = the default
   one (the built-in data unless manual_dir is set). The default chunking is the authors' (30 s
   chunks, 15 s hop), as in their evaluation. eval_dir defaults to <checkpoint>/eval/<split>
-  (<workdir>/eval/step_<n>/<split> for a training work directory).
+  (<workdir>/eval/step_<n>/<split> for a training work directory). ``conv_backend`` picks the
+  model's convolution backend (``resunet_jax.backends``; results are the same up to rounding).
   """
   from resunet_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from resunet_jax import separate  # pylint: disable=g-import-not-at-top
@@ -562,7 +564,7 @@ def evaluate_checkpoint(checkpoint_path=None, data_config=None, *, eval_dir=None
   settings, separator = {}, None
   if checkpoint_path:
     checkpoint_path = os.path.abspath(os.path.expanduser(checkpoint_path))
-    model, variables, desc = checkpoint.load_model(checkpoint_path)
+    model, variables, desc = checkpoint.load_model(checkpoint_path, conv_backend=conv_backend)
     separator = separate.SongSeparator.from_model(
         model, variables, desc["sources"], scheme=scheme, chunk_seconds=chunk_seconds,
         overlap_seconds=overlap_seconds, batch_size=batch_size)

@@ -8,27 +8,37 @@ ones for research and CPU runs:
    - STFT -> |X|, cos, sin (B, Cin, T, F+1)
    - bn0 over frequency bins on |X| -> (B, T, F+1, Cin); pad T to the time-pooling multiple; drop
      the last bin
-   - ResUNet or MobileNet UNet -> 1x1 head conv with bias (``after_conv2``)
+   - backbone (``backbones.BACKBONES``: ResUNet or MobileNet UNet) -> 1x1 head conv with bias
+     (``after_conv2``)
    - pad the last bin back, crop T, split the head channels per (source, channel[, subband], K)
    - mask (``masks.apply_mask``) -> ISTFT (-> PQMF synthesis) -> (B, S, L, C)
 
 Waveforms are channels-last at the public boundary. Presets are in ``ARCHITECTURES``;
-``build_model(arch, **overrides)`` makes one, ``model.init(rng, waveform)`` its variables:
-``params``, ``batch_stats`` and, for subband models, ``constants`` (the PQMF filters, never trained:
-a converted checkpoint puts the authors' filters there).
+``build_model(arch, **fields)`` makes one, ``model.init(rng, waveform)`` its variables: ``params``,
+``batch_stats`` and, for subband models, ``constants`` (the PQMF filters, never trained: a converted
+checkpoint puts the authors' filters there). The model checks its own fields when it is built and
+names the offending one (``ModelFieldError``). ``describe`` / ``from_description`` turn a model into
+the JSON description saved beside its variables and back.
 """
 import dataclasses
 import math
+import typing
 from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from jax import lax
+from ml_collections import config_dict
 
+from resunet_jax import backbones
+from resunet_jax import backends
 from resunet_jax import layers
 from resunet_jax import masks
 from resunet_jax import pqmf
+from resunet_jax import sources as sources_lib
 from resunet_jax import spectral
 
 Dtype = Any
@@ -56,6 +66,16 @@ ARCHITECTURES = {
         mask="decouple_plus_bounded"),
 }
 
+SECOND_NORMS = ("bn", "abn")
+
+
+class ModelFieldError(ValueError):
+  """A Separator field (or a build_model option) has a value that cannot work; ``field`` names it."""
+
+  def __init__(self, field, message):
+    super().__init__(f"model field {field!r}: {message}")
+    self.field = field
+
 
 class Separator(nn.Module):
   """Spectrogram-masking source separator. See the module docstring."""
@@ -64,20 +84,26 @@ class Separator(nn.Module):
   subbands: int = 0  # 0: full band; 4: PQMF time-domain subbands
   n_fft: int = 2048
   hop: int = 441
-  backbone: str = "resunet"  # "resunet" | "mobilenet"
+  backbone: str = "resunet"  # a key of backbones.BACKBONES
   channels: Tuple[int, ...] = (32, 64, 128, 256, 384, 384)
   pools: Tuple[Tuple[int, int], ...] = _SIX_LEVEL_POOLS
   blocks_per_stage: int = 4  # residual units per encoder / decoder / centre / post stage
   center_blocks: int = 4  # centre stages (conv_block{n+1}a, b, ...)
-  activation: str = "leaky_relu"
+  activation: str = "leaky_relu"  # a key of layers.ACTIVATIONS
   second_norm: str = "bn"  # "abn": InPlaceABN (BN + leaky ReLU) in the second position
   decoder_activation: str = "relu"
-  mask: str = "decouple_plus"
+  mask: str = "decouple_plus"  # a key of masks.MASKS
   bn_momentum: float = 0.01  # PyTorch convention
-  bn_axis_name: Optional[str] = None  # set inside shard_map for synchronised BatchNorm
-  dtype: Optional[Dtype] = None  # compute dtype of the UNet (e.g. bfloat16); front end float32+
+  dtype: Optional[Dtype] = None  # compute dtype of the UNet (e.g. "bfloat16"); front end float32+
   param_dtype: Dtype = jnp.float32
-  precision: Any = None
+  precision: Any = None  # of the convolutions and matmuls: None, "default", "high", "highest"
+  # Runtime choices (not part of the architecture, not saved with a model):
+  bn_axis_name: Optional[str] = None  # set inside shard_map for synchronised BatchNorm
+  conv_backend: str = "xla"  # see resunet_jax.backends
+
+  def __post_init__(self):
+    _validate(self)
+    super().__post_init__()
 
   @property
   def time_multiple(self):
@@ -88,50 +114,11 @@ class Separator(nn.Module):
     return (self.num_sources * self.audio_channels * masks.num_outputs(self.mask)
             * max(self.subbands, 1))
 
-  def _block_kwargs(self):
+  def layer_fields(self):
+    """The fields every layer of the backbone shares (``layers._Base``)."""
     return dict(activation=self.activation, momentum=self.bn_momentum,
                 axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype,
-                precision=self.precision)
-
-  def _resunet(self, x, train):
-    kw = self._block_kwargs()
-    skips = []
-    for i, (features, pool) in enumerate(zip(self.channels, self.pools)):
-      h = layers.ResStage(features=features, num_blocks=self.blocks_per_stage,
-                          second_norm=self.second_norm, name=f"encoder_block{i + 1}", **kw)(x, train)
-      skips.append(h)
-      x = layers.avg_pool(h, pool)
-    center = len(self.channels) + 1
-    for i in range(self.center_blocks):
-      x = layers.ResStage(features=self.channels[-1], num_blocks=self.blocks_per_stage,
-                          second_norm=self.second_norm,
-                          name=f"conv_block{center}{chr(ord('a') + i)}", **kw)(x, train)
-    for i, (skip, pool) in enumerate(zip(reversed(skips), reversed(self.pools))):
-      x = layers.DecoderStage(features=skip.shape[-1], factors=tuple(pool),
-                              num_blocks=self.blocks_per_stage, second_norm=self.second_norm,
-                              input_activation=self.decoder_activation,
-                              name=f"decoder_block{i + 1}", **kw)(x, skip, train)
-    return layers.ResStage(features=self.channels[0], num_blocks=self.blocks_per_stage,
-                           second_norm=self.second_norm, name="after_conv_block1", **kw)(x, train)
-
-  def _mobilenet(self, x, train):
-    kw = self._block_kwargs()
-    kw.pop("activation")
-    skips = []
-    for i, (features, pool) in enumerate(zip(self.channels, self.pools)):
-      h = layers.MobileNetEncoderStage(features=features, num_blocks=self.blocks_per_stage,
-                                       name=f"encoder_block{i + 1}", **kw)(x, train)
-      skips.append(h)
-      x = layers.avg_pool(h, pool)
-    center = f"conv_block{len(self.channels) + 1}"
-    for i in range(self.center_blocks):
-      name = center if self.center_blocks == 1 else center + chr(ord("a") + i)
-      x = layers.MobileNetConvBlock(features=self.channels[-1], name=name, **kw)(x, train)
-    for i, (skip, pool) in enumerate(zip(reversed(skips), reversed(self.pools))):
-      x = layers.MobileNetDecoderStage(features=skip.shape[-1], factors=tuple(pool),
-                                       name=f"decoder_block{i + 1}", **kw)(x, skip, train)
-    return layers.MobileNetConvBlock(features=self.channels[0], name="after_conv_block1",
-                                     **kw)(x, train)
+                precision=self.precision, conv_backend=self.conv_backend)
 
   @nn.compact
   def __call__(self, waveform, train: bool = False, return_head: bool = False):
@@ -171,15 +158,10 @@ class Separator(nn.Module):
     if self.dtype is not None:
       h = h.astype(self.dtype)
 
-    if self.backbone == "resunet":
-      h = self._resunet(h, train)
-    elif self.backbone == "mobilenet":
-      h = self._mobilenet(h, train)
-    else:
-      raise ValueError(f"unknown backbone {self.backbone!r}")
-    head = layers.Conv(self.head_channels, (1, 1), use_bias=True, dtype=self.dtype,
+    h = backbones.get(self.backbone)(self, h, train)
+    head = layers.conv(self.head_channels, (1, 1), bias=True, dtype=self.dtype,
                        param_dtype=self.param_dtype, precision=self.precision,
-                       name="after_conv2")(h)  # (B, T_pad, F, S*C*K*N)
+                       backend=self.conv_backend, name="after_conv2")(h)  # (B, T_pad, F, S*C*K*N)
     raw_head = head
 
     head = head.astype(front_dtype)
@@ -203,29 +185,109 @@ class Separator(nn.Module):
     return (y, raw_head) if return_head else y
 
 
+# ------------------------------------------------------------------------------------------------
+# Field checks.
+
+
+def _check_dtype(field, value, allow_none):
+  if value is None:
+    if allow_none:
+      return
+    raise ModelFieldError(field, "must be a floating dtype, got None")
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError:
+    raise ModelFieldError(field, f"{value!r} is not a dtype (e.g. 'float32', 'bfloat16')") from None
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ModelFieldError(field, f"{value!r} is not a floating dtype")
+
+
+def _validate(m):
+  def fail(field, message):
+    raise ModelFieldError(field, message)
+
+  def choice(field, registry):
+    value = getattr(m, field)
+    if value not in registry:
+      fail(field, f"{value!r} is not one of {sorted(registry)}")
+
+  for field, low in (("audio_channels", 1), ("num_sources", 1), ("n_fft", 2), ("hop", 1),
+                     ("blocks_per_stage", 1), ("center_blocks", 0), ("subbands", 0)):
+    value = getattr(m, field)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+      fail(field, f"must be an integer >= {low}, got {value!r}")
+  if m.subbands == 1:
+    fail("subbands", "must be 0 (full band) or the number of PQMF bands (>= 2), got 1")
+  if m.n_fft % 2:
+    fail("n_fft", f"must be even, got {m.n_fft}")
+  choice("backbone", backbones.BACKBONES)
+  choice("activation", layers.ACTIVATIONS)
+  choice("decoder_activation", layers.ACTIVATIONS)
+  choice("second_norm", SECOND_NORMS)
+  choice("mask", masks.MASKS)
+  choice("conv_backend", backends.BACKENDS)
+  channels, pools = tuple(m.channels), tuple(m.pools)
+  if not channels or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1
+                         for c in channels):
+    fail("channels", f"must be a non-empty sequence of positive integers, got {m.channels!r}")
+  if len(pools) != len(channels) or any(
+      len(tuple(p)) != 2 or any(not isinstance(f, (int, np.integer)) or f < 1 for f in p)
+      for p in pools):
+    fail("pools", f"must be one (time, frequency) pair of positive integers per level "
+         f"({len(channels)} levels), got {m.pools!r}")
+  if not 0.0 <= float(m.bn_momentum) <= 1.0:
+    fail("bn_momentum", f"must be in [0, 1], got {m.bn_momentum}")
+  _check_dtype("dtype", m.dtype, allow_none=True)
+  _check_dtype("param_dtype", m.param_dtype, allow_none=False)
+  if m.precision is not None and not isinstance(m.precision, (lax.Precision, tuple)):
+    try:
+      lax.Precision(m.precision)
+    except (ValueError, TypeError):
+      fail("precision", f"{m.precision!r} is not None, 'default', 'high' or 'highest'")
+
+
+# ------------------------------------------------------------------------------------------------
+# Presets, configs and construction.
+
+
+ARCH_OPTIONS = ("width", "levels")  # build_model's shorthands on top of the Separator fields
+# Fields the data decides (number of target sources, stereo audio), not config.model.
+DATA_FIELDS = ("num_sources", "audio_channels")
+RUNTIME_FIELDS = ("bn_axis_name", "conv_backend")
+
+
+def separator_fields():
+  return [f for f in dataclasses.fields(Separator) if f.name not in ("parent", "name")]
+
+
 def architecture_config(arch, **overrides):
-  """The Separator fields of preset ``arch`` with ``overrides`` applied.
+  """The Separator fields of preset ``arch`` with ``overrides`` applied (None = the preset's).
 
   Besides any Separator field, two shorthand overrides build smaller networks from the same blocks:
   ``width`` multiplies every channel count, ``levels`` keeps only the first encoder levels.
   """
   if arch not in ARCHITECTURES:
-    raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
+    raise ModelFieldError("arch", f"unknown architecture {arch!r}; expected one of "
+                          f"{sorted(ARCHITECTURES)}")
+  overrides = {k: v for k, v in overrides.items() if v is not None}
   fields = dict(ARCHITECTURES[arch])
   width = overrides.pop("width", 1.0)
   levels = overrides.pop("levels", None)
-  known = {f.name for f in dataclasses.fields(Separator)} - {"parent", "name"}
+  known = {f.name for f in separator_fields()}
   unknown = sorted(set(overrides) - known)
   if unknown:
-    raise ValueError(f"unknown model option(s) {unknown}; expected some of {sorted(known)} "
-                     "or 'width', 'levels'")
+    raise ModelFieldError(unknown[0], f"unknown model option(s) {unknown}; expected some of "
+                          f"{sorted(known | set(ARCH_OPTIONS))}")
   fields.update(overrides)
   channels = tuple(fields["channels"])
   pools = tuple(tuple(p) for p in fields["pools"])
   if levels is not None:
-    if not 1 <= levels <= len(channels):
-      raise ValueError(f"levels must be in 1..{len(channels)}, got {levels}")
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or \
+        not 1 <= levels <= len(channels):
+      raise ModelFieldError("levels", f"must be an integer in 1..{len(channels)}, got {levels!r}")
     channels, pools = channels[:levels], pools[:levels]
+  if not isinstance(width, (int, float)) or isinstance(width, bool) or not width > 0:
+    raise ModelFieldError("width", f"must be a positive number, got {width!r}")
   if width != 1.0:
     channels = tuple(max(1, int(round(c * width))) for c in channels)
   fields["channels"], fields["pools"] = channels, pools
@@ -233,12 +295,103 @@ def architecture_config(arch, **overrides):
 
 
 def build_model(arch, **overrides):
-  """A ``Separator`` for preset ``arch`` (see ``architecture_config`` for the overrides)."""
+  """A ``Separator`` for preset ``arch``: ``build_model(**config.model, num_sources=...)``.
+
+  ``overrides``: any Separator field, ``width``/``levels`` (see ``architecture_config``); None
+  values mean "the preset's". An unknown or invalid option raises ``ModelFieldError`` naming it.
+  """
   return Separator(**architecture_config(arch, **overrides))
+
+
+_PLACEHOLDER_TYPES = {int: int, float: float, str: str, bool: bool}
+
+
+def _placeholder_type(annotation):
+  if annotation in _PLACEHOLDER_TYPES:
+    return _PLACEHOLDER_TYPES[annotation]
+  origin = typing.get_origin(annotation)
+  if origin is tuple:
+    return tuple
+  if origin is typing.Union:  # Optional[X]
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(args) == 1:
+      return _placeholder_type(args[0])
+  return str  # dtypes and precisions are written as strings ("bfloat16", "highest")
+
+
+def model_config(arch="resunet143_ismir2021", **values) -> ml_collections.ConfigDict:
+  """``config.model``: the preset name, the shorthands and every configurable Separator field.
+
+  Every value but ``arch`` defaults to None = the preset's value, so a field added to ``Separator``
+  is overridable from the command line (``--config.model.<field>=...``) with no config change.
+  """
+  c = ml_collections.ConfigDict()
+  c.arch = arch
+  c.width = config_dict.placeholder(float)
+  c.levels = config_dict.placeholder(int)
+  for f in separator_fields():
+    if f.name in DATA_FIELDS or f.name == "bn_axis_name":
+      continue
+    c[f.name] = config_dict.placeholder(_placeholder_type(f.type))
+  for key, value in values.items():
+    if key not in c:
+      raise ModelFieldError(key, f"not a model option; expected some of {sorted(c.keys())}")
+    c[key] = value
+  return c
 
 
 def count_params(params):
   return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
+
+
+# ------------------------------------------------------------------------------------------------
+# The description saved beside a model's variables.
+
+
+FORMAT = "resunet_jax.model/1"
+
+
+def _json_field(value):
+  if isinstance(value, (tuple, list)):
+    return [_json_field(v) for v in value]
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, lax.Precision):
+    return value.name.lower()
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  return jnp.dtype(value).name  # dtypes
+
+
+def describe(model, *, arch=None, sources=("vocals",), metadata=None):
+  """The JSON-able description of ``model`` (its architecture fields, not the runtime ones)."""
+  fields = {f.name: _json_field(getattr(model, f.name)) for f in separator_fields()
+            if f.name not in RUNTIME_FIELDS}
+  return {"format": FORMAT, "arch": arch, "model": fields, "sources": list(sources),
+          "sample_rate": sources_lib.SAMPLE_RATE, "metadata": metadata or {}}
+
+
+def from_description(desc, **overrides):
+  """The ``Separator`` a description describes; ``overrides`` replace fields (e.g. ``dtype``,
+  ``precision``, ``conv_backend``)."""
+  if desc.get("format") != FORMAT:
+    raise ValueError(f"model description has format {desc.get('format')!r}, expected {FORMAT!r}")
+  fields = dict(desc["model"])
+  known = {f.name for f in separator_fields()}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f"model description has unknown field(s) {unknown}; this version of "
+                     f"resunet_jax knows {sorted(known)}")
+  fields["channels"] = tuple(fields["channels"])
+  fields["pools"] = tuple(tuple(p) for p in fields["pools"])
+  if fields.get("precision") == "None":  # written by an older version
+    fields["precision"] = None
+  fields.update({k: v for k, v in overrides.items() if v is not None})
+  return Separator(**fields)
+
+
+# ------------------------------------------------------------------------------------------------
+# Initialisation.
 
 
 def _fast_init_key(rng):
@@ -255,14 +408,20 @@ def _fast_init_key(rng):
   return jax.random.wrap_key_data(data, impl="rbg")
 
 
+def dummy_input_length(model):
+  """A short input length that every layer of ``model`` can take (shapes of the variables do not
+  depend on the length)."""
+  return 2 * model.hop * model.time_multiple * max(model.subbands, 1)
+
+
 def init_variables(model, rng, length=None, batch=1):
-  """Variables for ``model`` from a short dummy input (shapes do not depend on the length).
+  """Variables for ``model`` from a short dummy input.
 
   ``rng`` may be any JAX PRNG key; initialisation itself runs on an 'rbg' key derived from it
   (see ``_fast_init_key``).
   """
   if length is None:
-    length = 2 * model.hop * model.time_multiple * max(model.subbands, 1)
+    length = dummy_input_length(model)
   dummy = jnp.zeros((batch, length, model.audio_channels), jnp.float32)
   # The dummy input is an argument, not a closed-over constant: XLA would constant-fold the whole
   # forward pass at compile time otherwise (measured: 42 s instead of 1 s to compile).

@@ -44,6 +44,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 import numpy as np
 
 from resunet_jax import audio
+from resunet_jax import backends
+from resunet_jax import runtime
 
 SCHEMES = ("crossfade", "authors")
 DEFAULT_CHUNK_SECONDS = 30.0
@@ -502,6 +504,9 @@ def _parser():
   p.add_argument("--overlap_seconds", type=float, default=DEFAULT_OVERLAP_SECONDS,
                  help="cross-fade length (<= chunk/2); ignored by --scheme authors")
   p.add_argument("--batch_size", type=int, default=1, help="chunks per model call")
+  p.add_argument("--conv_backend", default="xla", choices=sorted(backends.BACKENDS),
+                 help="convolution backend (resunet_jax.backends): xla (default) or cpu (faster "
+                      "depthwise convolutions on CPU hosts)")
   p.add_argument("--force", action="store_true", help="overwrite existing outputs")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   return p
@@ -509,6 +514,7 @@ def _parser():
 
 def main(argv=None):
   args = _parser().parse_args(argv)
+  runtime.set_xla_cpu_flags()  # before JAX starts its CPU backend
   ext = "." + args.format
   subtype = args.subtype or "PCM_16"
   if subtype == "FLOAT" and args.format == "flac":
@@ -523,7 +529,8 @@ def main(argv=None):
 
   from resunet_jax import checkpoint  # pylint: disable=g-import-not-at-top
   try:
-    model, variables, desc = checkpoint.load_model(args.checkpoint)
+    model, variables, desc = checkpoint.load_model(args.checkpoint,
+                                                   conv_backend=args.conv_backend)
   except (OSError, ValueError, KeyError) as e:
     print(f"error: {args.checkpoint}: not a usable checkpoint: {e}", file=sys.stderr)
     return 2
@@ -570,5 +577,5 @@ def main(argv=None):
   return 1 if failed else 0
 
 
-if __name__ == "__main__":  # `python -m` imports the package (and its XLA flags) first
+if __name__ == "__main__":
   sys.exit(main())

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-import resunet_jax  # noqa: F401  (sets the XLA:CPU flags before JAX starts its backend)
+from resunet_jax import runtime
+
+runtime.set_xla_cpu_flags()  # as the command-line tools do, before JAX starts
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)

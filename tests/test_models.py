@@ -150,13 +150,16 @@ def test_upsampling_conv_matches_pytorch_conv_transpose(factors):
   np.testing.assert_allclose(np.asarray(y), y_t, atol=1e-5)
 
 
-def test_depthwise_conv_equals_grouped_convolution():
+def test_mobilenet_depthwise_conv_is_a_grouped_nn_conv_and_the_cpu_backend_agrees():
   x = np.random.default_rng(3).standard_normal((2, 9, 7, 6)).astype(np.float32)
   kernel = np.random.default_rng(4).standard_normal((3, 3, 1, 6)).astype(np.float32)
-  got = layers.DepthwiseConv3x3().apply({"params": {"kernel": kernel}}, x)
   want = nn.Conv(6, (3, 3), padding="SAME", feature_group_count=6, use_bias=False).apply(
       {"params": {"kernel": kernel}}, x)
-  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  for backend in ("xla", "cpu"):
+    conv = layers.conv(6, (3, 3), groups=6, backend=backend)
+    assert isinstance(conv, nn.Conv) and conv.feature_group_count == 6
+    got = conv.apply({"params": {"kernel": kernel}}, x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, err_msg=backend)
 
 
 def test_bfloat16_compute_keeps_float32_params():
@@ -165,41 +168,6 @@ def test_bfloat16_compute_keeps_float32_params():
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables["params"]))
   y = model.apply(variables, jnp.ones((1, 11_025, 2)) * 0.1)
   assert y.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(y)))
-
-
-@pytest.mark.parametrize("kernel_size", [(1, 1), (3, 3), (3, 5)])
-def test_conv_gradients_equal_xla_convolution_gradients(kernel_size):
-  rng = np.random.default_rng(5)
-  x = jnp.asarray(rng.standard_normal((2, 12, 10, 5)), jnp.float32)
-  kernel = jnp.asarray(rng.standard_normal(kernel_size + (5, 7)), jnp.float32)
-  dy = jnp.asarray(rng.standard_normal((2, 12, 10, 7)), jnp.float32)
-
-  def reference(x, k):
-    return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-  y, vjp = jax.vjp(lambda x, k: layers.conv2d_same(x, k), x, kernel)
-  y_ref, vjp_ref = jax.vjp(reference, x, kernel)
-  np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), atol=1e-5)
-  for got, want in zip(vjp(dy), vjp_ref(dy)):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
-
-
-@pytest.mark.parametrize("kernel_size", [(3, 3), (5, 3)])
-def test_cpu_kernel_gradient_equals_the_one_used_on_accelerators(kernel_size):
-  # conv2d_same picks its kernel gradient per platform (lax.platform_dependent); this CPU test
-  # checks the GPU/TPU branch against the CPU one directly.
-  rng = np.random.default_rng(7)
-  x = jnp.asarray(rng.standard_normal((2, 9, 11, 4)), jnp.float32)
-  kernel = jnp.asarray(rng.standard_normal(kernel_size + (4, 6)), jnp.float32)
-  dy = jnp.asarray(rng.standard_normal((2, 9, 11, 6)), jnp.float32)
-  accelerator = layers._kernel_gradient_xla(x, dy, kernel, None)
-  # One block of rows (the default at this size), then blocks of 4, 4 and 1 rows and of 1 row.
-  row_bytes = 2 * (11 + kernel_size[1] - 1) * 6 * 4
-  for block_bytes in (None, 4 * row_bytes, 1):
-    cpu = layers._kernel_gradient_cpu(x, dy, *kernel_size, None, block_bytes=block_bytes)
-    assert cpu.shape == accelerator.shape == kernel.shape
-    np.testing.assert_allclose(np.asarray(cpu), np.asarray(accelerator), rtol=1e-5, atol=1e-4)
 
 
 def test_upsampling_conv_gradients_equal_autodiff_of_the_definition():

@@ -12,7 +12,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from configs import smoke  # noqa: E402
-from resunet_jax.training import checkpointing  # noqa: E402
+from resunet_jax import checkpoint as model_checkpoint  # noqa: E402
 from resunet_jax.training import loop  # noqa: E402
 
 STEPS = 3
@@ -31,7 +31,7 @@ def _free_port():
 
 
 def _variables(workdir):
-  tree = checkpointing.restore_item(os.path.join(workdir, "checkpoints", str(STEPS), "variables"))
+  tree = model_checkpoint.restore_item(os.path.join(workdir, "checkpoints", str(STEPS), "variables"))
   return {jax.tree_util.keystr(p): np.asarray(v)
           for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 

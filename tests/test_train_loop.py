@@ -50,7 +50,7 @@ def _read_step(workdir, step):
   directory = os.path.join(workdir, checkpointing.CHECKPOINT_DIR, str(step))
   out = {}
   for item in ("variables", "train"):
-    tree = checkpointing.restore_item(os.path.join(directory, item))
+    tree = model_checkpoint.restore_item(os.path.join(directory, item))
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
       out[item + jax.tree_util.keystr(path)] = np.asarray(leaf)
   return out
@@ -296,9 +296,10 @@ def test_checkpoint_round_trip_with_pqmf_constants_onto_another_device_count(tmp
   state = state.replace(step=state.step + 7)
   workdir = str(tmp_path / "run")
   ckpts = checkpointing.TrainCheckpoints(workdir, asynchronous=False)
-  meta = loop._checkpoint_meta(config, model, 7)  # pylint: disable=protected-access
-  assert ckpts.save(state, meta)
-  assert not ckpts.save(state, meta)  # an existing step is never overwritten
+  meta = loop._checkpoint_meta(config, 7)  # pylint: disable=protected-access
+  desc = loop._model_description(config, model, 7)  # pylint: disable=protected-access
+  assert ckpts.save(state, meta, model_description=desc)
+  assert not ckpts.save(state, meta, model_description=desc)  # never overwrites an existing step
   mesh = step_lib.make_mesh(jax.devices()[:8])
   abstract = loop._abstract(jax.eval_shape(lambda: state), step_lib.replicated(mesh))  # pylint: disable=protected-access
   restored, meta_back = ckpts.restore(7, abstract)

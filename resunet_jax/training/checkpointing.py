@@ -17,7 +17,6 @@ unfinished directory is ignored (and removed) on the next start. Kept: the last 
 the step with the best validation SDR.
 """
 import json
-import logging as py_logging
 import os
 import signal
 import threading
@@ -30,31 +29,10 @@ import orbax.checkpoint as ocp
 from resunet_jax import checkpoint as model_checkpoint
 from resunet_jax import fileutil
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = model_checkpoint.CHECKPOINT_DIR
 CONFIG_JSON = "config.json"
-BEST_METRIC = "val_sdr"
-ITEMS = ("variables", "train", "meta")
-
-
-class _QuietOrbax(py_logging.Filter):
-  """Drops Orbax's INFO chatter (dozens of lines per save) and its warning on every save without
-  metrics when best tracking is on (ours are deliberate: validation runs less often than saves)."""
-
-  def filter(self, record):
-    if "/orbax/" in record.pathname.replace(os.sep, "/") and record.levelno < py_logging.WARNING:
-      return False
-    message = record.getMessage()
-    return not any(m in message for m in ("did not provide metrics", "Given directory is read only",
-                                          "_CHECKPOINT_METADATA"))
-
-
-_QUIET = _QuietOrbax()
-
-
-def _quiet_orbax_logs():
-  absl_logger = py_logging.getLogger("absl")
-  if _QUIET not in absl_logger.filters:
-    absl_logger.addFilter(_QUIET)
+BEST_METRIC = model_checkpoint.BEST_METRIC
+ITEMS = model_checkpoint.STEP_ITEMS
 
 
 def _best_metric(metrics) -> float:
@@ -77,7 +55,7 @@ class TrainCheckpoints:
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=asynchronous, cleanup_tmp_directories=not read_only,
         create=not read_only, read_only=read_only, save_interval_steps=0 if read_only else 1)
-    _quiet_orbax_logs()
+    model_checkpoint.quiet_orbax_logs()
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
   def latest_step(self) -> Optional[int]:
@@ -91,13 +69,16 @@ class TrainCheckpoints:
   def all_steps(self):
     return list(self.manager.all_steps())
 
-  def save(self, state, meta: Dict[str, Any], metrics: Optional[Dict[str, float]] = None) -> bool:
-    """Starts an asynchronous save of ``state`` at ``state.step``; False if that step exists."""
+  def save(self, state, meta: Dict[str, Any], metrics: Optional[Dict[str, float]] = None, *,
+           model_description: Optional[Dict[str, Any]] = None) -> bool:
+    """Starts an asynchronous save of ``state`` at ``state.step`` (with the model description
+    beside the variables); False if that step exists."""
     step = int(jax.device_get(state.step))
     if step in self.manager.all_steps():
       return False
     args = ocp.args.Composite(
         variables=ocp.args.StandardSave(state.variables()),
+        model=ocp.args.JsonSave(_jsonable(model_description or {})),
         train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state,
                                      "rng": state.rng}),
         meta=ocp.args.JsonSave(_jsonable(meta)))
@@ -198,72 +179,3 @@ class PreemptionGuard:
       signal.signal(s, handler)
     self._previous = {}
     return False
-
-
-# ------------------------------------------------------------------------------------------------
-# Loading a trained model (used by resunet_jax.checkpoint.load_model for work directories).
-
-
-def restore_item(item_dir: str, device=None):
-  """An Orbax PyTree item (e.g. ``<step>/variables``) restored onto one device, whatever the
-  topology that saved it (another device count, several processes, a TPU slice)."""
-  _quiet_orbax_logs()
-  device = device or jax.local_devices()[0]
-  sharding = jax.sharding.SingleDeviceSharding(device)
-  checkpointer = ocp.StandardCheckpointer()
-  try:
-    metadata = checkpointer.metadata(item_dir).item_metadata
-    abstract = jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), metadata)
-    return checkpointer.restore(item_dir, abstract)
-  finally:
-    checkpointer.close()
-
-
-def _is_step_dir(path: str) -> bool:
-  return os.path.isdir(os.path.join(path, "variables")) and os.path.isdir(os.path.join(path, "meta"))
-
-
-def is_loadable_model_path(path: str) -> bool:
-  """A model directory, a training work directory or one of its checkpoint step directories."""
-  path = os.path.abspath(os.path.expanduser(path))
-  return (model_checkpoint.is_model_dir(path) or _is_step_dir(path)
-          or os.path.isdir(os.path.join(path, CHECKPOINT_DIR)))
-
-
-def load_model_from_workdir(path: str, **overrides):
-  """(model, variables, description) from a training work directory or one of its step directories.
-
-  A work directory gives its best-validation-SDR checkpoint if one has a validation result, else
-  its latest. ``overrides`` replace Separator fields (e.g. ``dtype="bfloat16"``). ``variables`` is
-  ``{"params", "batch_stats"[, "constants"]}``; ``description`` is a model description (see
-  ``resunet_jax.checkpoint.model_description``) whose metadata names the step and work directory.
-  """
-  path = os.path.abspath(os.path.expanduser(path))
-  if _is_step_dir(path):
-    step_dir = path
-  else:
-    ckpt_root = os.path.join(path, CHECKPOINT_DIR)
-    if not os.path.isdir(ckpt_root):
-      raise ValueError(f"{path} is neither a model directory (no {model_checkpoint.MODEL_JSON}), "
-                       f"a training work directory (no {CHECKPOINT_DIR}/) nor a checkpoint step "
-                       "directory (no variables/ and meta/)")
-    ckpts = TrainCheckpoints(path, read_only=True)
-    try:
-      step = ckpts.best_step()
-      if step is None:
-        step = ckpts.latest_step()
-    finally:
-      ckpts.close()
-    if step is None:
-      raise ValueError(f"training work directory {path} has no finished checkpoint")
-    step_dir = os.path.join(ckpt_root, str(step))
-  with open(os.path.join(step_dir, "meta", "metadata")) as f:
-    meta = json.load(f)
-  desc = meta["model"]
-  model = model_checkpoint.model_from_description(desc, **overrides)
-  variables = restore_item(os.path.join(step_dir, "variables"))
-  desc = dict(desc)
-  desc["metadata"] = dict(desc.get("metadata") or {}, step=meta["step"], checkpoint=step_dir,
-                          validation=meta.get("validation"))
-  return model, dict(variables), desc

@@ -24,7 +24,6 @@ import ml_collections
 import numpy as np
 
 from resunet_jax import checkpoint as model_checkpoint
-from resunet_jax import masks
 from resunet_jax import models
 from resunet_jax.training import checkpointing
 from resunet_jax.training import inputs
@@ -46,22 +45,11 @@ def check_config(config) -> None:
   def fail(key, msg):
     raise ValueError(f"config.{key}: {msg}")
 
-  if config.model.arch not in models.ARCHITECTURES:
-    fail("model.arch", f"unknown architecture {config.model.arch!r}; expected one of "
-         f"{sorted(models.ARCHITECTURES)}")
-  if config.model.dtype not in ("float32", "bfloat16"):
-    fail("model.dtype", f"{config.model.dtype!r} is not 'float32' or 'bfloat16'")
-  if not config.model.width > 0:
-    fail("model.width", f"must be positive, got {config.model.width}")
-  for key in ("levels", "blocks_per_stage", "center_blocks"):
-    value = config.model.get(key)
-    if value is not None and value < 1:
-      fail(f"model.{key}", f"must be >= 1 (or None for the preset), got {value}")
-  for key, choices in (("mask", sorted(masks.MASKS)), ("activation", ["leaky_relu", "relu"]),
-                       ("second_norm", ["bn", "abn"])):
-    value = config.model.get(key)
-    if value is not None and value not in choices:
-      fail(f"model.{key}", f"{value!r} is not one of {choices} (or None for the preset)")
+  try:
+    build_model(config)
+  except models.ModelFieldError as e:
+    key = "model.arch" if e.field == "arch" else f"model.{e.field}"
+    fail(key, str(e).split(": ", 1)[1])
   if config.loss not in step_lib.LOSSES:
     fail("loss", f"unknown loss {config.loss!r}; expected one of {sorted(step_lib.LOSSES)}")
   if config.optimizer.name not in ("pytorch_amsgrad", "optax_amsgrad", "adam", "sgd"):
@@ -89,19 +77,8 @@ def check_config(config) -> None:
 
 
 def build_model(config) -> models.Separator:
-  """The Separator of ``config.model`` with one output per ``config.data.target_sources``."""
-  overrides = {"num_sources": len(config.data.target_sources)}
-  if config.model.width != 1.0:
-    overrides["width"] = config.model.width
-  for key in ("levels", "blocks_per_stage", "center_blocks"):
-    if config.model.get(key) is not None:
-      overrides[key] = int(config.model[key])
-  for key in ("mask", "activation", "second_norm"):
-    if config.model.get(key) is not None:
-      overrides[key] = str(config.model[key])
-  if config.model.dtype == "bfloat16":
-    overrides["dtype"] = jnp.bfloat16
-  return models.build_model(config.model.arch, **overrides)
+  """The Separator of ``config.model``, one output per ``config.data.target_sources``."""
+  return models.build_model(num_sources=len(config.data.target_sources), **config.model)
 
 
 def select_devices(config):
@@ -158,7 +135,7 @@ def load_init_variables(init_from: str, model, config):
       model, optim.make_optimizer(config), config.seed).variables())
   _check_same_structure(variables, expected, f"--init_from {path}")
   logging.info("Initialised from %s (%s).", path, desc.get("arch"))
-  return variables
+  return jax.tree_util.tree_map(np.asarray, variables)  # host arrays, laid out onto the mesh later
 
 
 def initial_state(config, model, tx, mesh, ckpts, init_from: Optional[str]):
@@ -313,16 +290,17 @@ def _flatten(d, prefix=""):
   return out
 
 
-def _checkpoint_meta(config, model, step, validation=None):
-  sources = list(config.data.target_sources)
+def _model_description(config, model, step):
+  return models.describe(model, arch=config.model.arch, sources=list(config.data.target_sources),
+                         metadata={"trained_steps": step, "config_model": config.model.to_dict()})
+
+
+def _checkpoint_meta(config, step, validation=None):
   return {
       "step": step,
       "seed": config.seed,
       "data": {"start_step": step, "name": config.data.name,
                "global_batch_size": config.global_batch_size},
-      "model": model_checkpoint.model_description(
-          model, arch=config.model.arch, sources=sources,
-          metadata={"trained_steps": step, "config_model": config.model.to_dict()}),
       "validation": validation,
   }
 
@@ -339,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if init_from:
     if not os.path.exists(os.path.expanduser(init_from)):
       raise FileNotFoundError(f"--init_from: {init_from} does not exist")
-    if not checkpointing.is_loadable_model_path(init_from):
+    if not model_checkpoint.is_loadable(init_from):
       raise ValueError(f"--init_from: {init_from} is not a model directory (no "
                        f"{model_checkpoint.MODEL_JSON}), a training work directory (no "
                        f"{checkpointing.CHECKPOINT_DIR}/) or a checkpoint step directory")
@@ -464,7 +442,8 @@ def _run(config, state, step, train_step, batches, mesh, model, ckpts, writer,
       metrics_for_best = None
       if validation is not None:
         metrics_for_best = {checkpointing.BEST_METRIC: validation["val/sdr"]}
-      ckpts.save(state, _checkpoint_meta(config, model, step, validation), metrics_for_best)
+      ckpts.save(state, _checkpoint_meta(config, step, validation), metrics_for_best,
+                 model_description=_model_description(config, model, step))
     if preempted:
       logging.warning("SIGTERM: saved a checkpoint at step %d in %s; stopping. Restart with the "
                       "same --workdir to resume.", step, ckpts.directory)
