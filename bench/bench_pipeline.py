@@ -21,7 +21,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from resunet_jax import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 from resunet_jax.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from resunet_jax.data import recipes  # pylint: disable=g-import-not-at-top,wrong-import-position
 from resunet_jax.data import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -49,7 +51,7 @@ def main():
                  help="> 0: consume at this step rate and report the CPU share at that rate")
   args = p.parse_args()
 
-  cfg = pipeline.default_data_config()
+  cfg = recipes.default_data_config()
   cfg.variant = args.variant
   cfg.segment_seconds = args.segment_seconds
   cfg.augment.gain_db = args.gain_db
@@ -69,10 +71,10 @@ def main():
   t0 = time.time()
   it = pipeline.train_batches(cfg, seed=0, global_batch_size=args.batch)
   cache = it.sampler.cache
-  hours = float(cache.lengths.sum()) / 44100 / 3600
+  hours = float(cache.lengths.sum()) / sources.SAMPLE_RATE / 3600
   print(f"data: {cache.num_tracks} tracks, {hours * 60:.1f} min of audio in the {cfg.train_split} "
         f"segment cache ({cache.nbytes / 2**20:.0f} MiB, {cache.path})")
-  print(f"recipe: {pipeline.recipe_from_config(cfg)}")
+  print(f"recipe: {recipes.recipe_from_config(cfg)}")
   for _ in range(args.warmup_batches):
     next(it)
   print(f"setup + warm-up: {time.time() - t0:.1f} s")
@@ -101,7 +103,7 @@ def main():
 
 
 def cache_len(cfg):
-  return int(round(cfg.segment_seconds * 44100))
+  return int(round(cfg.segment_seconds * sources.SAMPLE_RATE))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ batch 1 takes ~34 s (bench/bench_train.py), i.e. ~9 min per update at batch 16. 
 import ml_collections
 
 from resunet_jax import models
-from resunet_jax.data import pipeline
+from resunet_jax.data import recipes
 
 
 def get_config():
@@ -30,7 +30,7 @@ def get_config():
   # (resunet_jax.backends). Unknown or invalid values stop before anything starts, naming the key.
   config.model = models.model_config("resunet143_ismir2021")
 
-  config.data = pipeline.default_data_config()  # "random" as data.name: no-TF tones in noise
+  config.data = recipes.default_data_config()  # "random" as data.name: no-TF tones in noise
 
   config.global_batch_size = 16  # split over every device of every process
   config.num_train_steps = 500_001

@@ -30,7 +30,6 @@ import numpy as np
 
 from resunet_jax import fileutil
 
-SAMPLE_RATE = 44100  # the models' rate (REFERENCE §0)
 DEFAULT_BLOCK_FRAMES = 1 << 16
 # Extensions a folder scan picks up (anything else must be named explicitly).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac",

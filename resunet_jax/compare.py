@@ -51,6 +51,7 @@ import numpy as np
 
 from resunet_jax import evaluation
 from resunet_jax import fileutil
+from resunet_jax import sources
 
 METRICS = evaluation.METRICS
 TABLE_METRICS = ("SDR", "SIR", "SAR")
@@ -511,7 +512,7 @@ def compare_runs(paths: Sequence[str], *, method="model", protocol="authors", sp
   # Scores: evaluation.aggregate reads the per-track JSONs (median over windows) and takes the
   # medians over tracks (the numbers of summary.csv).
   aggs = [evaluation.aggregate(r.eval_dir, method, protocol, split, tracks) for r in runs]
-  targets = [t for t in evaluation.MUSDB_TARGETS if any(t in a["targets"] for a in aggs)]
+  targets = [t for t in sources.TARGETS if any(t in a["targets"] for a in aggs)]
   shared = [t for t in targets if all(t in a["targets"] for a in aggs)]
   if not shared:
     raise CompareError("the runs share no scored source: " + "; ".join(

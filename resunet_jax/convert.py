@@ -32,6 +32,7 @@ import numpy as np
 from resunet_jax import checkpoint
 from resunet_jax import models
 from resunet_jax import pqmf
+from resunet_jax import sources as sources_lib
 from resunet_jax import spectral
 
 ABN_EPS = 1e-5
@@ -369,7 +370,8 @@ def _format_problems(problems, arch):
 
 def _guess_sources(path):
   name = os.path.basename(str(path)).lower()
-  for source in ("accompaniment", "vocals", "drums", "bass", "other"):
+  # The first name found: accompaniment (a sum of stems), then the stems in musdb's order.
+  for source in sorted(sources_lib.TARGETS, key=lambda s: len(sources_lib.stems_of(s)) == 1):
     if source in name:
       return [source]
   return None

@@ -19,6 +19,19 @@ The ablation variants:
   ``irm``:                   magnitude-only ratio mask sigmoid(m), mixture phase kept (K = 1);
   ``cirm``:                  bounded complex ratio mask M = tanh(a) + j tanh(b) (K = 2),
                              Y = M X, so |M| < sqrt(2).
+
+Oracle (ideal) masks, computed from the true source spectrum S instead of head outputs: upper
+bounds of what a mask of each family can do (``resunet_jax.evaluation`` scores them). Each takes the
+complex spectra X and S and returns the masked mixture Y:
+
+  ``irm``:           M = min(|S| / |X|, 1), mixture phase (the bounded ideal ratio mask);
+  ``irm_unbounded``: M = |S| / |X|, mixture phase (|Y| = |S|; needs M > 1 where |S| > |X|, about
+                     22 % of the bins by the paper's count);
+  ``cirm_bounded``:  magnitude min(|S|, |X|) with the true phase: the best a magnitude mask <= 1
+                     with a free phase (the paper's "Decouple" mask) can do;
+  ``cirm``:          M = S / X (magnitude ratio and phase difference, unbounded), Y = M X = S: the
+                     decoupled complex ideal ratio mask; it recovers the source (up to the STFT
+                     round trip).
 """
 import jax
 import jax.numpy as jnp
@@ -108,3 +121,52 @@ def apply_mask(kind, logits, mag, cos, sin):
     raise ValueError(f"mask {kind!r} takes {k} logits per bin, got {logits.shape[-1]}")
   out_mag, out_cos, out_sin = fn(logits, mag, cos, sin)
   return jax.lax.complex(out_mag * out_cos, out_mag * out_sin)
+
+
+# ------------------------------------------------------------------------------------------------
+# Oracle masks: from the true source spectrum.
+
+# Lower clamp of |X| and |S| in the oracle ratios (a bin with |X| = 0 gets mask 0 there).
+ORACLE_EPS = 1e-12
+
+
+def _oracle_irm(x, s, mag_x, mag_s):
+  return jnp.clip(mag_s / jnp.maximum(mag_x, ORACLE_EPS), 0.0, 1.0) * x
+
+
+def _oracle_irm_unbounded(x, s, mag_x, mag_s):
+  del s
+  return mag_s * (x / jnp.maximum(mag_x, ORACLE_EPS))  # |S| times the mixture's unit phasor
+
+
+def _oracle_cirm_bounded(x, s, mag_x, mag_s):
+  del x
+  return jnp.minimum(mag_s, mag_x) * (s / jnp.maximum(mag_s, ORACLE_EPS))
+
+
+def _oracle_cirm(x, s, mag_x, mag_s):
+  del mag_s
+  # M = S / X = S conj(X) / |X|^2, applied to X.
+  return (s * jnp.conj(x) / jnp.maximum(mag_x * mag_x, ORACLE_EPS * ORACLE_EPS)) * x
+
+
+# name -> function (X, S, |X|, |S|) -> Y
+ORACLES = {
+    "irm": _oracle_irm,
+    "irm_unbounded": _oracle_irm_unbounded,
+    "cirm_bounded": _oracle_cirm_bounded,
+    "cirm": _oracle_cirm,
+}
+
+
+def oracle_mask(kind, mixture_spec, source_spec):
+  """The mixture spectrum X masked by the ideal mask ``kind`` of the true source spectrum S.
+
+  ``mixture_spec``, ``source_spec``: complex arrays of one shape (e.g. (T, F) from
+  ``spectral.stft``). Returns the complex spectrum Y of that shape.
+  """
+  try:
+    fn = ORACLES[kind]
+  except KeyError:
+    raise ValueError(f"unknown oracle {kind!r}; expected one of {tuple(ORACLES)}") from None
+  return fn(mixture_spec, source_spec, jnp.abs(mixture_spec), jnp.abs(source_spec))

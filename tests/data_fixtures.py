@@ -41,8 +41,8 @@ def mini(tmp_path_factory):
 
 
 def data_config(mini_data, variant="stem", **overrides):
-  from resunet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  cfg = pipeline.default_data_config()
+  from resunet_jax.data import recipes  # pylint: disable=g-import-not-at-top
+  cfg = recipes.default_data_config()
   cfg.variant = variant
   cfg.manual_dir = mini_data["manual"][variant]
   cfg.data_dir = mini_data["data_dir"]

@@ -12,13 +12,14 @@ import stempeg
 import tensorflow_datasets as tfds
 
 from data_fixtures import ffmpeg_decode_s16, mini  # pylint: disable=unused-import
+from resunet_jax import sources
 from resunet_jax.data import musdb18
 from resunet_jax.data import stems_io
 from resunet_jax.data import synthetic
 from resunet_jax.data import tracklists
 
 EXAMPLE = synthetic.EXAMPLE_TRACK
-SR = stems_io.SAMPLE_RATE
+SR = sources.SAMPLE_RATE
 
 
 def _read_split(builder, split):
@@ -103,7 +104,7 @@ def test_build_offline_splits_names_and_int16_storage(mini, variant):
     np.testing.assert_array_equal(test[EXAMPLE][stem], expected[stem])
   # Synthetic tracks: the stored mixture is the sum of the stored sources (AAC error for "stem").
   ex = test[mini["names"]["test"][0]]
-  total = sum(ex[s].astype(np.float64) for s in stems_io.SOURCE_NAMES)
+  total = sum(ex[s].astype(np.float64) for s in sources.STEMS)
   err = np.abs(ex["mixture"] - total).max()
   assert err <= (3 if variant == "hq" else 2000), err  # hq: 5 roundings of 0.5 LSB.
 

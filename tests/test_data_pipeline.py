@@ -3,7 +3,12 @@ import numpy as np
 import pytest
 
 from data_fixtures import data_config, mini  # pylint: disable=unused-import
+from resunet_jax import sources
+from resunet_jax.data import heldout
 from resunet_jax.data import pipeline
+from resunet_jax.data import prepare
+from resunet_jax.data import recipes
+from resunet_jax.data import sampling
 from resunet_jax.data import stems_io
 from resunet_jax.data import synthetic
 
@@ -16,7 +21,7 @@ def _take(it, n):
 
 
 def _sampler(cfg, seed=0):
-  return pipeline.SegmentSampler(pipeline.training_cache(cfg), pipeline.recipe_from_config(cfg), seed)
+  return sampling.SegmentSampler(prepare.training_cache(cfg), recipes.recipe_from_config(cfg), seed)
 
 
 def _segment(sampler, stems, track, start):
@@ -33,7 +38,7 @@ def _segment(sampler, stems, track, start):
 
 
 def test_default_config_is_the_papers_recipe():
-  c = pipeline.default_data_config()
+  c = recipes.default_data_config()
   assert (c.name, c.variant, c.manual_dir, c.data_dir) == ("musdb18", "stem", "", "")
   assert (c.train_split, c.eval_split, c.sample_rate, c.segment_seconds) == (
       "train_full", "test", 44100, 3.0)
@@ -42,18 +47,18 @@ def test_default_config_is_the_papers_recipe():
   a = c.augment
   assert (a.remix, a.mix_audio, a.swap_channels, a.flip_polarity, a.gain_db) == (
       True, 2, True, True, 0.0)
-  r = pipeline.recipe_from_config(c)
+  r = recipes.recipe_from_config(c)
   assert (r.segment_samples, r.hop_samples, r.mix_counts) == (132300, 4410, (2, 2))
 
 
 def test_mix_audio_takes_an_int_or_a_mapping_even_inside_a_training_config():
   import ml_collections  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict()
-  config.data = pipeline.default_data_config()
+  config.data = recipes.default_data_config()
   config.data.augment.mix_audio = {"vocals": 3}
-  assert pipeline.recipe_from_config(config.data).mix_counts == (3, 1)
+  assert recipes.recipe_from_config(config.data).mix_counts == (3, 1)
   config.data.augment.mix_audio = "vocals:1,accompaniment:2"
-  assert pipeline.recipe_from_config(config.data).mix_counts == (1, 2)
+  assert recipes.recipe_from_config(config.data).mix_counts == (1, 2)
 
 
 @pytest.mark.parametrize("inputs,targets,error", [
@@ -62,10 +67,10 @@ def test_mix_audio_takes_an_int_or_a_mapping_even_inside_a_training_config():
     (("vocals", "piano"), ("vocals",), "Unknown source"),
 ])
 def test_inconsistent_sources_are_rejected(inputs, targets, error):
-  c = pipeline.default_data_config()
+  c = recipes.default_data_config()
   c.input_sources, c.target_sources = inputs, targets
   with pytest.raises(ValueError, match=error):
-    pipeline.recipe_from_config(c)
+    recipes.recipe_from_config(c)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,7 +165,7 @@ def test_start_positions_follow_the_index_rule(mini):
     assert start % 4410 == 0 and start + L < s.cache.lengths[track]
   # Each track is drawn in proportion to its number of start positions.
   counts = np.bincount([t for t, _ in starts], minlength=s.cache.num_tracks)
-  expected = pipeline.num_starts(s.cache.lengths, L, 4410)
+  expected = sampling.num_starts(s.cache.lengths, L, 4410)
   p = expected / expected.sum()
   n = len(starts)
   assert np.all(np.abs(counts - n * p) < 5 * np.sqrt(n * p * (1 - p))), (counts, n * p)
@@ -171,7 +176,7 @@ def test_num_starts_matches_the_authors_index():
   # start + L < length (strict); a track not longer than a segment has the single start 0.
   for length in (L - 5, L, L + 1, L + hop, L + hop + 1, L + 10 * hop + 7):
     brute = len([s for s in range(0, length, hop) if s + L < length]) or 1
-    assert pipeline.num_starts(np.array([length]), L, hop)[0] == brute
+    assert sampling.num_starts(np.array([length]), L, hop)[0] == brute
 
 
 def _single_excerpt_config(mini, **augment):
@@ -271,14 +276,14 @@ def test_segments_of_short_tracks_are_zero_padded(tmp_path):
   from resunet_jax.data import segment_cache  # pylint: disable=g-import-not-at-top
   import json  # pylint: disable=g-import-not-at-top
   lengths = [1000, 200000]
-  for s in stems_io.SOURCE_NAMES:
+  for s in sources.STEMS:
     np.ones((sum(lengths), 2), "<i2").tofile(tmp_path / f"{s}.i16")
   (tmp_path / "index.json").write_text(json.dumps(
-      {"format": 1, "sources": list(stems_io.SOURCE_NAMES), "names": ["a", "b"], "lengths": lengths}))
+      {"format": 1, "sources": list(sources.STEMS), "names": ["a", "b"], "lengths": lengths}))
   cache = segment_cache.SegmentCache(str(tmp_path))
   x = cache.segment("vocals", 0, 0, L)
   assert x.shape == (L, 2) and x[:1000].min() == 1 and not x[1000:].any()
-  assert pipeline.num_starts(cache.lengths, L, 4410).tolist() == [1, 16]
+  assert sampling.num_starts(cache.lengths, L, 4410).tolist() == [1, 16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,36 +292,36 @@ def test_segments_of_short_tracks_are_zero_padded(tmp_path):
 
 def test_eval_tracks_yields_whole_tracks_in_name_order(mini):
   cfg = data_config(mini)
-  tracks = list(pipeline.eval_tracks(cfg))
+  tracks = list(heldout.eval_tracks(cfg))
   assert [t["name"] for t in tracks] == sorted(mini["names"]["test"])
   ref = stems_io.read_stem_file(__import__("stempeg").example_stem_path())
   (excerpt,) = [t for t in tracks if t["name"] == synthetic.EXAMPLE_TRACK]
   assert excerpt["sample_rate"] == 44100 and excerpt["mixture"].dtype == np.float32
   np.testing.assert_array_equal(excerpt["mixture"], ref["mixture"] / np.float32(32768))
-  for s in stems_io.SOURCE_NAMES:
+  for s in sources.STEMS:
     np.testing.assert_array_equal(excerpt["stems"][s], ref[s] / np.float32(32768))
   st = excerpt["stems"]
   np.testing.assert_array_equal(st["accompaniment"], (st["drums"] + st["bass"]) + st["other"])
   assert set(st) == {"drums", "bass", "other", "vocals", "accompaniment"}
-  assert [t["name"] for t in pipeline.eval_tracks(cfg, num_tracks=1)] == [tracks[0]["name"]]
-  picked = list(pipeline.eval_tracks(cfg, "train_full", track_names=[mini["names"]["train"][1]]))
+  assert [t["name"] for t in heldout.eval_tracks(cfg, num_tracks=1)] == [tracks[0]["name"]]
+  picked = list(heldout.eval_tracks(cfg, "train_full", track_names=[mini["names"]["train"][1]]))
   assert [t["name"] for t in picked] == [mini["names"]["train"][1]]
   with pytest.raises(KeyError, match="not in split"):
-    list(pipeline.eval_tracks(cfg, track_names=["No Such - Track"]))
+    list(heldout.eval_tracks(cfg, track_names=["No Such - Track"]))
 
 
 def test_validation_segments_are_fixed_and_consistent(mini):
   cfg = data_config(mini, input_sources=("vocals", "accompaniment"),
                     target_sources=("vocals", "accompaniment"))
-  a = pipeline.validation_segments(cfg, split="validation", num_segments=5, seed=1)
-  b = pipeline.validation_segments(cfg, split="validation", num_segments=5, seed=1)
+  a = heldout.validation_segments(cfg, split="validation", num_segments=5, seed=1)
+  b = heldout.validation_segments(cfg, split="validation", num_segments=5, seed=1)
   assert a["mixture"].shape == (5, L, 2) and a["targets"].shape == (5, 2, L, 2)
   np.testing.assert_array_equal(a["mixture"], b["mixture"])
   np.testing.assert_array_equal(a["mixture"], a["targets"][:, 0] + a["targets"][:, 1])
-  assert set(a["names"]) == set(pipeline.split_track_order(
-      pipeline.prepare(cfg), "validation")[i][0] for i in range(2))  # spread over the split
+  assert set(a["names"]) == set(heldout.split_track_order(
+      prepare.prepare(cfg), "validation")[i][0] for i in range(2))  # spread over the split
   assert np.all(np.sqrt(np.mean(a["targets"] ** 2, axis=(2, 3))) >= 1e-3)
-  c = pipeline.validation_segments(cfg, split="validation", num_segments=5, seed=2)
+  c = heldout.validation_segments(cfg, split="validation", num_segments=5, seed=2)
   assert not np.array_equal(a["starts"], c["starts"])
 
 
@@ -324,20 +329,20 @@ def test_hq_variant_feeds_the_same_pipeline(mini):
   cfg = data_config(mini, variant="hq")
   (b,) = _take(pipeline.train_batches(cfg, seed=0, global_batch_size=2), 1)
   assert b["mixture"].shape == (2, L, 2)
-  names = [t["name"] for t in pipeline.eval_tracks(cfg, num_tracks=2)]
+  names = [t["name"] for t in heldout.eval_tracks(cfg, num_tracks=2)]
   assert names == sorted(mini["names"]["test"])[:2]
 
 
 @pytest.mark.slow
 def test_builtin_data_runs_out_of_the_box(tmp_path):
-  cfg = pipeline.default_data_config()
+  cfg = recipes.default_data_config()
   cfg.builtin_cache_dir = str(tmp_path)
   (b,) = _take(pipeline.train_batches(cfg, seed=0, global_batch_size=2), 1)
   assert b["mixture"].shape == (2, L, 2)
-  root = pipeline.builtin_manual_dir(str(tmp_path))
+  root = prepare.builtin_manual_dir(str(tmp_path))
   assert sorted(p.name for p in (tmp_path.glob("*/stem/test/*"))) == sorted(
       p.name for p in __import__("pathlib").Path(root, "test").iterdir())
-  names = [t["name"] for t in pipeline.eval_tracks(cfg)]
+  names = [t["name"] for t in heldout.eval_tracks(cfg)]
   assert synthetic.EXAMPLE_TRACK in names and len(names) == 3
 
 
@@ -349,5 +354,5 @@ def test_orientation_table_matches_swap_and_per_channel_signs():
     src = rng.standard_normal((64, 2)).astype(np.float32)
     dst = rng.standard_normal((64, 2)).astype(np.float32)
     expected = (src[:, ::-1] if swap else src) * np.float32([s0, s1]) + (0 if first else dst)
-    pipeline._accumulate_oriented(dst, src.copy(), swap, (s0, s1), first)  # pylint: disable=protected-access
+    sampling._accumulate_oriented(dst, src.copy(), swap, (s0, s1), first)  # pylint: disable=protected-access
     np.testing.assert_array_equal(dst, expected)

@@ -27,13 +27,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def excerpt_data(tmp_path_factory):
   """A data config whose manual dir holds only test/<excerpt>.stem.mp4, and the track itself."""
   pytest.importorskip("stempeg")
-  from resunet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from resunet_jax.data import heldout  # pylint: disable=g-import-not-at-top
+  from resunet_jax.data import recipes  # pylint: disable=g-import-not-at-top
   from resunet_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("excerpt")
   synthetic.add_stempeg_example(str(root / "manual"), "stem")
-  cfg = pipeline.default_data_config()
+  cfg = recipes.default_data_config()
   cfg.manual_dir, cfg.data_dir = str(root / "manual"), str(root / "tfds")
-  (track,) = list(pipeline.eval_tracks(cfg, "test"))
+  (track,) = list(heldout.eval_tracks(cfg, "test"))
   return cfg, track
 
 

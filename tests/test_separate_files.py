@@ -13,6 +13,7 @@ from resunet_jax import audio
 from resunet_jax import checkpoint
 from resunet_jax import models
 from resunet_jax import separate
+from resunet_jax.cli import separate as separate_cli
 
 SMALL = dict(width=0.125, levels=3, blocks_per_stage=1, center_blocks=1)
 # Random weights from the "rbg" generator: compiling a model's init with the default threefry
@@ -148,7 +149,7 @@ def test_cli_separates_mp3_stem_mp4_and_folders_and_refuses_to_overwrite(model_d
   ffmpeg_encode(music(2.0, rate=32000), 32000, str(folder / "tune.mp3"))
   (folder / "notes.txt").write_text("not audio, not picked up from a folder")
   out = tmp_path / "out"
-  assert separate.main([str(folder), "--checkpoint", model_dir, "--out", str(out), "--residual",
+  assert separate_cli.main([str(folder), "--checkpoint", model_dir, "--out", str(out), "--residual",
                         "--format", "flac"] + CHUNK) == 0
   assert files_under(out) == ["falcon/accompaniment.flac", "falcon/vocals.flac",
                               "tune/accompaniment.flac", "tune/vocals.flac"]
@@ -161,13 +162,13 @@ def test_cli_separates_mp3_stem_mp4_and_folders_and_refuses_to_overwrite(model_d
     assert written.frames == decoded
   before = {f: os.path.getmtime(out / f) for f in files_under(out)}
   capsys.readouterr()
-  assert separate.main([str(folder / "tune.mp3"), "--checkpoint", model_dir, "--out", str(out),
+  assert separate_cli.main([str(folder / "tune.mp3"), "--checkpoint", model_dir, "--out", str(out),
                         "--residual"] + CHUNK) == 0  # wav outputs: new files, allowed
-  assert separate.main([str(folder / "tune.mp3"), "--checkpoint", model_dir, "--out", str(out),
+  assert separate_cli.main([str(folder / "tune.mp3"), "--checkpoint", model_dir, "--out", str(out),
                         "--format", "flac"] + CHUNK) == 2
   assert "vocals.flac exists" in capsys.readouterr().err
   assert all(os.path.getmtime(out / f) == t for f, t in before.items())
-  assert separate.main([str(folder / "tune.mp3"), "--checkpoint", model_dir, "--out", str(out),
+  assert separate_cli.main([str(folder / "tune.mp3"), "--checkpoint", model_dir, "--out", str(out),
                         "--format", "flac", "--force"] + CHUNK) == 0
   assert os.path.getmtime(out / "tune" / "vocals.flac") > before["tune/vocals.flac"] - 1e-9
 
@@ -199,7 +200,7 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(model_dir, tmp_path, cap
   sf.write(good, music(1.2), 44100)
   bad = _bad_input(kind, tmp_path)
   out = tmp_path / "out"
-  assert separate.main([str(good), str(bad), "--checkpoint", model_dir, "--out",
+  assert separate_cli.main([str(good), str(bad), "--checkpoint", model_dir, "--out",
                         str(out)] + CHUNK) == 2
   err = capsys.readouterr().err
   assert f"{bad}: {message}" in err, err
@@ -212,7 +213,7 @@ def test_too_short_stream_found_while_decoding_writes_nothing(model_dir, tmp_pat
   short = ffmpeg_encode(music(0.01), 44100, str(tmp_path / "blip.m4a"), ("-c:a", "alac"))
   assert audio.probe(short).backend == "ffmpeg"
   out = tmp_path / "out"
-  assert separate.main([short, "--checkpoint", model_dir, "--out", str(out)] + CHUNK) == 1
+  assert separate_cli.main([short, "--checkpoint", model_dir, "--out", str(out)] + CHUNK) == 1
   assert "blip.m4a: too short" in capsys.readouterr().err
   assert files_under(out) == []
 
@@ -220,7 +221,7 @@ def test_too_short_stream_found_while_decoding_writes_nothing(model_dir, tmp_pat
 def test_a_checkpoint_that_is_not_a_model_is_refused(tmp_path, capsys):
   sf.write(tmp_path / "a.wav", music(1.0), 44100)
   (tmp_path / "empty").mkdir()
-  assert separate.main([str(tmp_path / "a.wav"), "--checkpoint", str(tmp_path / "empty"),
+  assert separate_cli.main([str(tmp_path / "a.wav"), "--checkpoint", str(tmp_path / "empty"),
                         "--out", str(tmp_path / "out")]) == 2
   assert f"{tmp_path / 'empty'}: not a usable checkpoint" in capsys.readouterr().err
   assert not (tmp_path / "out").exists()

@@ -25,9 +25,9 @@ pytestmark = pytest.mark.usefixtures("training_compilation_cache")
 def _excerpt_batch(config, batch_size):
   """Segments of the excerpt with audible vocals: mixture = vocals + accompaniment (the training
   recipe's sum of input sources), target = vocals."""
-  from resunet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from resunet_jax.data import heldout  # pylint: disable=g-import-not-at-top
   from resunet_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  track = next(pipeline.eval_tracks(config.data, "test", track_names=[synthetic.EXAMPLE_TRACK]))
+  track = next(heldout.eval_tracks(config.data, "test", track_names=[synthetic.EXAMPLE_TRACK]))
   vocals, accompaniment = track["stems"]["vocals"], track["stems"]["accompaniment"]
   length = inputs.segment_samples(config.data)
   starts = np.arange(0, len(vocals) - length, length // 2)

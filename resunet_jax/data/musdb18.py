@@ -65,7 +65,7 @@ class Musdb18Config(tfds.core.BuilderConfig):
 def _audio_feature(doc: str) -> tfds.features.Tensor:
   # A Tensor rather than tfds.features.Audio: in TFDS 4.9 Audio.encode_example passes numpy arrays
   # through without applying Encoding.BYTES (serialization then fails), and Encoding.NONE would
-  # up-cast int16 to int64 (4x the bytes). Sample rate: stems_io.SAMPLE_RATE (44.1 kHz), always.
+  # up-cast int16 to int64 (4x the bytes). Sample rate: resunet_jax.sources.SAMPLE_RATE (44.1 kHz).
   return tfds.features.Tensor(shape=(None, stems_io.NUM_CHANNELS), dtype=np.int16,
                               encoding=tfds.features.Encoding.BYTES, doc=doc)
 

@@ -24,6 +24,7 @@ from typing import List, Optional
 import numpy as np
 
 from resunet_jax import fileutil
+from resunet_jax import sources as sources_lib
 from resunet_jax.data import stems_io
 
 _log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def _expected_names(builder, split: str) -> Optional[List[str]]:
 
 
 def open_or_build(builder, split: str, cache_dir: str = "",
-                  sources=stems_io.SOURCE_NAMES) -> SegmentCache:
+                  sources=sources_lib.STEMS) -> SegmentCache:
   """The segment cache of ``split`` of a prepared musdb18 builder, written first if needed."""
   path = cache_path(builder, split, cache_dir)
   expected = _expected_names(builder, split)

@@ -25,9 +25,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-STEM_NAMES = ("mixture", "drums", "bass", "other", "vocals")  # stream order in .stem.mp4
-SOURCE_NAMES = ("drums", "bass", "other", "vocals")
-SAMPLE_RATE = 44100
+from resunet_jax import sources
+
+# Stream order in a .stem.mp4 (and the files of an HQ folder): the mixture, then the stems.
+STEM_NAMES = ("mixture",) + sources.STEMS
 NUM_CHANNELS = 2
 # Two AAC frames. Larger differences mean the streams do not belong together.
 MAX_LENGTH_MISMATCH = 2048
@@ -108,9 +109,9 @@ def read_stem_file(path: str, *, max_mismatch: int = MAX_LENGTH_MISMATCH,
     raise StemFileError(f"{path}: has {len(streams)} audio streams, expected exactly 5 "
                         f"({', '.join(STEM_NAMES)}).")
   for i, s in enumerate(streams):
-    if s["sample_rate"] != SAMPLE_RATE:
+    if s["sample_rate"] != sources.SAMPLE_RATE:
       raise StemFileError(f"{path}: stream {i} ({STEM_NAMES[i]}) has sample rate "
-                          f"{s['sample_rate']} Hz, expected {SAMPLE_RATE} Hz.")
+                          f"{s['sample_rate']} Hz, expected {sources.SAMPLE_RATE} Hz.")
     if s["channels"] != NUM_CHANNELS:
       raise StemFileError(f"{path}: stream {i} ({STEM_NAMES[i]}) has {s['channels']} channel(s), "
                           f"expected {NUM_CHANNELS} (stereo).")
@@ -138,8 +139,8 @@ def read_wav_folder(path: str, *, max_mismatch: int = MAX_LENGTH_MISMATCH) -> Di
       info = sf.info(file)
     except Exception as e:  # soundfile raises its own LibsndfileError / RuntimeError.
       raise StemFileError(f"{file}: not a readable audio file (corrupt or truncated?): {e}") from e
-    if info.samplerate != SAMPLE_RATE:
-      raise StemFileError(f"{file}: sample rate {info.samplerate} Hz, expected {SAMPLE_RATE} Hz.")
+    if info.samplerate != sources.SAMPLE_RATE:
+      raise StemFileError(f"{file}: sample rate {info.samplerate} Hz, expected {sources.SAMPLE_RATE} Hz.")
     if info.channels != NUM_CHANNELS:
       raise StemFileError(f"{file}: {info.channels} channel(s), expected {NUM_CHANNELS} (stereo).")
     try:

@@ -18,6 +18,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from resunet_jax import sources
 from resunet_jax.data import stems_io
 from resunet_jax.data import tracklists
 
@@ -35,7 +36,7 @@ def _envelope(n: int, sr: int, attack: float, decay: float) -> np.ndarray:
   return np.minimum(t / attack, 1.0) * np.exp(-t / decay)
 
 
-def synthesize_track(seconds: float, seed: int, sample_rate: int = stems_io.SAMPLE_RATE
+def synthesize_track(seconds: float, seed: int, sample_rate: int = sources.SAMPLE_RATE
                      ) -> Dict[str, np.ndarray]:
   """{drums, bass, other, vocals: float32 (samples, 2)}, each peaking at STEM_PEAK."""
   rng = _rng(seed, "track")
@@ -106,17 +107,17 @@ def synthesize_track(seconds: float, seed: int, sample_rate: int = stems_io.SAMP
   stems["vocals"] = np.stack([voice, 0.9 * voice], axis=1)
 
   out = {}
-  for name in stems_io.SOURCE_NAMES:
+  for name in sources.STEMS:
     x = stems[name]
     out[name] = (x * (STEM_PEAK / max(np.abs(x).max(), 1e-9))).astype(np.float32)
   return out
 
 
 def mixture_of(stems: Mapping[str, np.ndarray]) -> np.ndarray:
-  return sum(stems[s] for s in stems_io.SOURCE_NAMES).astype(np.float32)
+  return sum(stems[s] for s in sources.STEMS).astype(np.float32)
 
 
-def write_stem_mp4(path: str, streams: Sequence[np.ndarray], sample_rate: int = stems_io.SAMPLE_RATE,
+def write_stem_mp4(path: str, streams: Sequence[np.ndarray], sample_rate: int = sources.SAMPLE_RATE,
                    bitrate: str = "256k") -> None:
   """Writes float (samples, channels) arrays as the AAC audio streams of one mp4, in order.
 
@@ -154,7 +155,7 @@ def write_stem_mp4(path: str, streams: Sequence[np.ndarray], sample_rate: int = 
 
 
 def write_wav_folder(folder: str, stems: Mapping[str, np.ndarray],
-                     sample_rate: int = stems_io.SAMPLE_RATE) -> None:
+                     sample_rate: int = sources.SAMPLE_RATE) -> None:
   """Writes {name: float or int16 (samples, channels)} as 16-bit ``<folder>/<name>.wav``."""
   import soundfile as sf  # pylint: disable=g-import-not-at-top
   os.makedirs(folder, exist_ok=True)

@@ -11,7 +11,9 @@ from typing import Dict, Iterator
 
 import numpy as np
 
-SAMPLE_RATE = 44100
+from resunet_jax import sources as sources_lib
+
+SAMPLE_RATE = sources_lib.SAMPLE_RATE  # the name training.loop reads
 
 
 def segment_samples(data_config) -> int:
@@ -38,8 +40,8 @@ def validation_segments(config) -> Dict[str, np.ndarray]:
   if config.data.name == "random":
     gen = RandomBatches(config.data, seed=val.seed + 1_000_003, global_batch_size=val.num_segments)
     return gen.batch(0)
-  from resunet_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  out = pipeline.validation_segments(config.data, num_segments=val.num_segments, seed=val.seed)
+  from resunet_jax.data import heldout  # pylint: disable=g-import-not-at-top
+  out = heldout.validation_segments(config.data, num_segments=val.num_segments, seed=val.seed)
   return {"mixture": out["mixture"], "targets": out["targets"]}
 
 
