@@ -38,7 +38,7 @@ EXTRAS["dev"] = EXTRAS["test"] + EXTRAS["torch"] + ["torchlibrosa>=0.1.0"]
 
 setup(
     name="resunet_jax",
-    version="0.1.0",
+    version="0.2.0",
     description=("JAX/Flax reimplementation of 'Decoupling Magnitude and Phase Estimation "
                  "with Deep ResUNet for Music Source Separation' (Kong et al., ISMIR 2021)."),
     long_description=LONG_DESCRIPTION,
@@ -52,7 +52,11 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
+            "resunet-eval = resunet_jax.cli.evaluate:run",
+            "resunet-separate = resunet_jax.cli.separate:main",
+            "resunet-convert = resunet_jax.convert:main",
             "resunet-compare = resunet_jax.compare:main",
+            "resunet-build-data = resunet_jax.data.build:main",
         ],
     },
 )

@@ -2,6 +2,7 @@
 
   python -m resunet_jax.data.build --variant=hq --manual_dir=/data/musdb18hq [--data_dir=DIR]
   python -m resunet_jax.data.build --variant=stem --manual_dir=/data/musdb18 --cache_split=train_full
+  resunet-build-data --variant=hq --manual_dir=/data/musdb18hq   # the same tool, installed by pip
 
 ``--cache_split`` also writes the random-access segment cache that the training pipeline reads
 (otherwise it is written on the first ``train_batches`` call).
