@@ -224,7 +224,7 @@ _BN_SUFFIX = {"weight": ("params", "scale"), "bias": ("params", "bias"),
               "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
 
 
-def _target(key, value, backbone):
+def _target(key, value, backbone, abn_scale=True):
   """(collection, flax path, converted array) for one state-dict entry."""
   parts = key.split(".")
   module, leaf = tuple(parts[:-1]), parts[-1]
@@ -240,10 +240,23 @@ def _target(key, value, backbone):
     return "params", module + ("bias",), value
   if value.ndim == 1 and leaf in _BN_SUFFIX:
     collection, name = _BN_SUFFIX[leaf]
-    if leaf == "weight" and module[-1] == "abn2":
+    if abn_scale and leaf == "weight" and module[-1] == "abn2":
       value = np.abs(value.astype(np.float64)) + ABN_EPS  # InPlaceABN: |gamma| + eps
     return collection, module + (name,), value
   return None
+
+
+def flax_variable(key, value, arch, *, abn_scale=True):
+  """Where one state-dict tensor goes: ``(collection, path, value in Flax layout)``, or None for a
+  key that is no variable (frozen ``stft.``/``istft.``/``pqmf.`` tensors, ``num_batches_tracked``).
+
+  ``path`` is a tuple of names inside ``variables[collection]``. With ``abn_scale=False`` an
+  InPlaceABN weight keeps its value (only the layout is converted): for tensors shaped like the
+  parameters that are not parameter values, e.g. gradients or optimiser moments.
+  """
+  if key.startswith(FROZEN_PREFIXES) or key.endswith("num_batches_tracked"):
+    return None
+  return _target(key, np.asarray(value), models.ARCHITECTURES[arch]["backbone"], abn_scale)
 
 
 def _permute_v1_head(state, audio_channels, num_sources, bands):
