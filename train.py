@@ -4,7 +4,10 @@ Everything the run depends on is in the config (written to DIR/config.json); ove
 the command line, e.g. ``--config.optimizer.learning_rate=3e-4`` (an unknown key or a value of the
 wrong type stops before anything starts, naming the key). Starting again with the same
 ``--workdir`` resumes from its latest checkpoint; SIGTERM saves a checkpoint and exits.
-``--init_from`` fine-tunes a converted bytesep checkpoint (``python -m resunet_jax.convert IN.pth
+A resume that changes the training recipe stops with the differences unless
+``--accept_config_changes``. After a preemption notice (SIGTERM) the run saves a checkpoint and exits
+with code 143 (128 + SIGTERM), so that schedulers restart it; it exits 0 when ``num_train_steps`` is
+reached and 1 on an error. ``--init_from`` fine-tunes a converted bytesep checkpoint (``python -m resunet_jax.convert IN.pth
 OUT_DIR``) or another run's work directory. Multi-process (TPU pods, SLURM, several processes on one
 machine): see ``resunet_jax.training.distributed``; ``--distributed`` forces it on or off.
 
@@ -33,6 +36,9 @@ flags.DEFINE_string("init_from", None, "Model directory (resunet_jax.convert out
                     "work directory whose weights start a new run (fine-tuning).")
 flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (default: only when the "
                   "environment describes a multi-process job).")
+flags.DEFINE_bool("accept_config_changes", False, "Resume even though the config changes the "
+                  "training recipe (batch, optimiser, schedule, model, data recipe); the changes "
+                  "are logged and recorded in WORKDIR/config_history.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -85,12 +91,18 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from resunet_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   from resunet_jax.training import distributed  # pylint: disable=g-import-not-at-top
   from resunet_jax.training import loop  # pylint: disable=g-import-not-at-top
   distributed.maybe_initialize(FLAGS.distributed)
   try:
-    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, init_from=FLAGS.init_from)
-  except (ValueError, FileNotFoundError, NotADirectoryError, loop.NonFiniteLossError) as e:
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, init_from=FLAGS.init_from,
+                            accept_config_changes=FLAGS.accept_config_changes)
+  except loop.Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(loop.PREEMPTED_EXIT_CODE)
+  except (ValueError, FileNotFoundError, NotADirectoryError, loop.NonFiniteLossError,
+          distributed.HostsDisagreeError, checkpointing.NoRestorableCheckpointError) as e:
     logging.error("%s", e)
     print(f"train.py: error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -66,21 +66,22 @@ def run_jax(arch, batch, seconds, steps, warmup, dtype="float32"):
   host = make_batch(batch, seconds)
   train_step = step_lib.make_train_step(mesh, model, tx, optim.make_schedule(config))
   gbatch = step_lib.global_batch(mesh, host)
+  metrics = step_lib.empty_metrics(mesh)
   t0 = time.time()
-  compiled = train_step.lower(state, gbatch).compile()
+  compiled = train_step.lower(state, gbatch, metrics).compile()
   compile_s = time.time() - t0
   for _ in range(warmup):
-    state, metrics = compiled(state, gbatch)
+    state, metrics = compiled(state, gbatch, metrics)
     jax.block_until_ready(metrics)
   times = []
   for _ in range(steps):
     t0 = time.time()
-    state, metrics = compiled(state, gbatch)
+    state, metrics = compiled(state, gbatch, metrics)
     jax.block_until_ready(metrics)
     times.append(time.time() - t0)
   return {"side": "jax", "arch": arch, "devices": len(devices), "platform": devices[0].platform,
           "dtype": dtype, "init_s": init_s,
-          "compile_s": compile_s, "step_times": times, "loss": float(metrics["loss"]),
+          "compile_s": compile_s, "step_times": times, "loss": float(metrics.compute()["loss"]),
           "params": models.count_params(state.params)}
 
 

@@ -59,5 +59,9 @@ def get_config():
   ))
 
   config.num_devices = 0  # 0: every device of every process; n: the first n (one process only)
-  config.compilation_cache_dir = ""  # persistent XLA cache ("" = off)
+  # Persistent XLA compilation cache (a restart does not compile again): "auto" = WORKDIR/xla_cache,
+  # a path or URL, or "" for none.
+  config.compilation_cache_dir = "auto"
+  config.profile_steps = 0  # > 0: a profiler trace of that many updates into the work directory
+  config.profile_first_step = 10  # ... starting this many updates after the (re)start
   return config

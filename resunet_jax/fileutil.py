@@ -51,3 +51,37 @@ def atomic_text_file(path: str, newline=None):
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+# ------------------------------------------------------------------------------------------------
+# Locations that may be URLs (gs://, s3://, ...) as well as local paths.
+
+URL_MARK = "://"
+
+
+def is_url(location) -> bool:
+  """True for ``gs://bucket/x``, ``s3://...`` and other URL-style locations."""
+  return URL_MARK in str(location)
+
+
+def as_path(location):
+  """``location`` as an ``etils.epath.Path``: URLs as they are, local paths made absolute (with
+  ``~`` expanded) -- never ``os.path.abspath`` on a URL, which would turn ``gs://b/run`` into
+  ``./gs:/b/run``."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  text = os.fspath(location)
+  if is_url(text):
+    return epath.Path(text)
+  return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def write_text_atomic(location, text: str) -> None:
+  """Writes ``text`` to a local path (temporary file + rename) or a URL (object stores replace a
+  whole object at once: a reader sees the old or the new object, never a part)."""
+  path = as_path(location)
+  if is_url(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return
+  with atomic_text_file(os.fspath(path)) as f:
+    f.write(text)

@@ -41,8 +41,9 @@ def _train(config, tx, devices, num_steps):
   batches = inputs.train_batches(config, start_step=0)
   losses = []
   for _ in range(num_steps):
-    state, metrics = train_step(state, step_lib.global_batch(mesh, next(batches)))
-    losses.append(float(metrics["loss"]))
+    state, metrics = train_step(state, step_lib.global_batch(mesh, next(batches)),
+                                step_lib.empty_metrics(mesh))
+    losses.append(float(metrics.compute()["loss"]))
   return jax.device_get(state), losses
 
 
@@ -123,7 +124,8 @@ def _all_reduces(devices):
   batch = step_lib.global_batch(
       mesh, inputs.RandomBatches(config.data, seed=0, global_batch_size=2).batch(0))
   step = step_lib.make_train_step(mesh, model, tx, optim.make_schedule(config))
-  return step.lower(state, batch).compile().as_text().count("all-reduce(")
+  return step.lower(state, batch, step_lib.empty_metrics(mesh)).compile().as_text().count(
+      "all-reduce(")
 
 
 def test_one_device_mesh_has_no_collectives_and_two_devices_do():

@@ -1,38 +1,49 @@
-"""Training checkpoints (Orbax) and loading a trained model from a work directory.
+"""Training checkpoints (Orbax) and preemption.
 
-Layout of a work directory::
+Layout of a work directory (a local path or any URL Orbax and ``etils.epath`` take, e.g.
+``gs://bucket/run``)::
 
-  WORKDIR/config.json                 the run's whole config (written at start)
+  WORKDIR/config.json                 the first start's config (never rewritten)
+  WORKDIR/config_history/start_N.json every start's config (``history``)
   WORKDIR/checkpoints/<step>/         one Orbax composite checkpoint per saved step:
       variables/   {"params", "batch_stats"[, "constants"]}   (what separation needs)
+      model/       JSON: the model description (``models.describe``), beside the variables
       train/       {"step", "opt_state", "rng"}                (what resuming needs besides)
-      meta/        JSON: step, data position, seeds, model description, validation metrics
-      metrics/     JSON {"val_sdr": ...} when a validation ran at that step (best tracking)
+      meta/        JSON: step, data position, seed, global batch, validation metrics
   WORKDIR/events.out.tfevents.*       TensorBoard: metrics and validation audio (clu writers)
+  WORKDIR/xla_cache/                  the persistent XLA compilation cache (default location)
 
-Saves are asynchronous (the device-to-host copy happens before ``save`` returns, the file writes in
-a background thread) and atomic: Orbax writes ``<step>.orbax-checkpoint-tmp*`` and renames it when
-complete, so a process killed during a save leaves the previous checkpoints intact and the
-unfinished directory is ignored (and removed) on the next start. Kept: the last ``keep`` steps plus
-the step with the best validation SDR.
+The layout of a step directory is ``resunet_jax.checkpoint``'s (which reads it back for separation
+and evaluation); this module writes it. Saves are asynchronous (the device-to-host copy happens
+before ``save`` returns, the writes in a background thread) and atomic: Orbax writes a temporary
+``<step>.orbax-checkpoint-tmp*`` and finalises it when complete (a rename on file systems, a commit
+marker on object stores), so a process killed during a save leaves the previous checkpoints
+intact. Kept: the last ``keep`` steps plus the step with the best validation SDR.
+
+Preemption: with several processes, JAX's preemption sync point over the coordination service
+(``CheckpointManager.reached_preemption``): a SIGTERM to any process is propagated to all, and all
+stop at the same step, with no device collective per step. With one process, ``PreemptionGuard``'s
+SIGTERM handler.
 """
-import json
 import os
 import signal
 import threading
+import time
 from typing import Any, Dict, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from resunet_jax import checkpoint as model_checkpoint
 from resunet_jax import fileutil
+from resunet_jax.training import distributed
 
 CHECKPOINT_DIR = model_checkpoint.CHECKPOINT_DIR
-CONFIG_JSON = "config.json"
 BEST_METRIC = model_checkpoint.BEST_METRIC
 ITEMS = model_checkpoint.STEP_ITEMS
+UNRESTORABLE_DIR = "checkpoints_unrestorable"
 
 
 def _best_metric(metrics) -> float:
@@ -40,12 +51,16 @@ def _best_metric(metrics) -> float:
   return value if np.isfinite(value) else float("-inf")
 
 
+class NoRestorableCheckpointError(RuntimeError):
+  """Every checkpoint of the work directory failed to restore."""
+
+
 class TrainCheckpoints:
   """Orbax CheckpointManager over ``WORKDIR/checkpoints`` with our items and retention policy."""
 
-  def __init__(self, workdir: str, *, keep: int = 3, keep_best: bool = True,
+  def __init__(self, workdir, *, keep: int = 3, keep_best: bool = True,
                asynchronous: bool = True, read_only: bool = False):
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    self.directory = fileutil.as_path(workdir) / CHECKPOINT_DIR
     policies = [ocp.checkpoint_managers.LatestN(n=max(int(keep), 1))]
     if keep_best:
       policies.append(ocp.checkpoint_managers.BestN(
@@ -69,11 +84,17 @@ class TrainCheckpoints:
   def all_steps(self):
     return list(self.manager.all_steps())
 
-  def save(self, state, meta: Dict[str, Any], metrics: Optional[Dict[str, float]] = None, *,
+  def reached_preemption(self, step: int) -> bool:
+    """Whether all processes reached JAX's preemption sync point at ``step`` (several processes
+    only; always False in a single process)."""
+    return self.manager.reached_preemption(step)
+
+  def save(self, step: int, state, meta: Dict[str, Any],
+           metrics: Optional[Dict[str, float]] = None, *,
            model_description: Optional[Dict[str, Any]] = None) -> bool:
-    """Starts an asynchronous save of ``state`` at ``state.step`` (with the model description
-    beside the variables); False if that step exists."""
-    step = int(jax.device_get(state.step))
+    """Starts an asynchronous save of ``state`` as ``step`` (``state.step``; passed in so that
+    no device value is read here), with the model description beside the variables. False if
+    that step exists."""
     if step in self.manager.all_steps():
       return False
     args = ocp.args.Composite(
@@ -89,8 +110,8 @@ class TrainCheckpoints:
 
   def restore(self, step: int, abstract_state):
     """(state, meta) of ``step``, arrays laid out like ``abstract_state`` (ShapeDtypeStructs with
-    shardings, e.g. replicated on the current mesh -- the device count may differ from the run that
-    saved it)."""
+    shardings, e.g. replicated on the current mesh -- the device and process counts may differ
+    from the run that saved it)."""
     variables = abstract_state.variables()
     train = {"step": abstract_state.step, "opt_state": abstract_state.opt_state,
              "rng": abstract_state.rng}
@@ -103,6 +124,44 @@ class TrainCheckpoints:
         constants=v.get("constants", abstract_state.constants), opt_state=t["opt_state"],
         rng=t["rng"])
     return state, out["meta"]
+
+  def restore_latest_good(self, abstract_state, latest: int):
+    """(state, meta, step): the newest checkpoint, from ``latest`` down, that restores on every
+    process. A checkpoint that fails (truncated files, a corrupt array) is skipped with a
+    warning naming it and the error, and moved to ``WORKDIR/checkpoints_unrestorable/`` (kept
+    for inspection; the run then writes that step again); all processes move to the same older
+    step."""
+    steps = sorted((s for s in self.manager.all_steps() if s <= latest), reverse=True)
+    failures, failed_steps = [], []
+    for step in steps:
+      try:
+        state, meta = self.restore(step, abstract_state)
+        ok = True
+      except Exception as e:  # pylint: disable=broad-except  (any damage: try the previous one)
+        state, meta, ok = None, None, False
+        failures.append(f"step {step}: {type(e).__name__}: {e}")
+        logging.warning("Checkpoint %s/%d does not restore (%s: %s); trying the previous one.",
+                        self.directory, step, type(e).__name__, e)
+      if all(distributed.all_processes(int(ok))):
+        if failures:
+          logging.warning("Resuming from step %d, not %d: %d newer checkpoint(s) failed to "
+                          "restore.", step, latest, len(failures))
+          self._set_aside(failed_steps)
+        return state, meta, step
+      failed_steps.append(step)
+    raise NoRestorableCheckpointError(
+        f"no checkpoint of {self.directory} restores: " + "; ".join(failures))
+
+  def _set_aside(self, steps):
+    aside = self.directory.parent / UNRESTORABLE_DIR
+    if jax.process_index() == 0:
+      aside.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        target = aside / f"{step}-{int(time.time())}"
+        (self.directory / str(step)).rename(target)
+        logging.warning("Moved the unrestorable checkpoint %d to %s.", step, target)
+    distributed.barrier("resunet_jax.set_aside")
+    self.manager.reload()
 
   def wait_until_finished(self):
     self.manager.wait_until_finished()
@@ -123,34 +182,13 @@ def _jsonable(value):
   return value
 
 
-# ------------------------------------------------------------------------------------------------
-# Config file.
-
-
-def write_config(workdir: str, config) -> str:
-  """Writes ``config`` as JSON into ``workdir`` (atomically); returns the path."""
-  path = os.path.join(workdir, CONFIG_JSON)
-  with fileutil.atomic_text_file(path) as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    f.write("\n")
-  return path
-
-
-def read_config(workdir: str) -> Optional[dict]:
-  path = os.path.join(workdir, CONFIG_JSON)
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-# ------------------------------------------------------------------------------------------------
-# Preemption.
-
-
 class PreemptionGuard:
-  """While active, SIGTERM sets ``requested`` instead of killing the process (the loop then saves
-  and returns). A second SIGTERM falls through to the previous handler."""
+  """While active (single-process runs), SIGTERM sets ``requested`` instead of killing the process
+  (the loop then saves and stops). A second SIGTERM falls through to the previous handler.
+
+  Not used with several processes: there JAX's coordination service owns SIGTERM and propagates
+  the notice to every process (see the module docstring).
+  """
 
   def __init__(self, signals=(signal.SIGTERM,)):
     self.requested = False
@@ -158,7 +196,7 @@ class PreemptionGuard:
     self._previous = {}
 
   def _handler(self, signum, frame):
-    if self.requested:  # second signal: give up gracefully-ness
+    if self.requested:  # second signal: give up gracefulness
       previous = self._previous.get(signum)
       if callable(previous):
         previous(signum, frame)

@@ -11,6 +11,7 @@ files ``step=n.pth`` hold the weights after n + 1 updates (callbacks run before 
 increments, REFERENCE §13): their ``step=n.pth`` is our step n + 1, and their evaluation "at step n"
 sees our step n + 1. ``num_train_steps = 500001`` reproduces their ``max_steps``.
 """
+import contextlib
 import json
 import math
 import os
@@ -24,8 +25,11 @@ import ml_collections
 import numpy as np
 
 from resunet_jax import checkpoint as model_checkpoint
+from resunet_jax import fileutil
 from resunet_jax import models
 from resunet_jax.training import checkpointing
+from resunet_jax.training import distributed
+from resunet_jax.training import history
 from resunet_jax.training import inputs
 from resunet_jax.training import optim
 from resunet_jax.training import state as state_lib
@@ -138,21 +142,28 @@ def load_init_variables(init_from: str, model, config):
   return jax.tree_util.tree_map(np.asarray, variables)  # host arrays, laid out onto the mesh later
 
 
-def initial_state(config, model, tx, mesh, ckpts, init_from: Optional[str]):
-  """(state on the mesh, resumed-from step or None)."""
+def initial_state(config, model, tx, mesh, ckpts, latest: Optional[int],
+                  init_from: Optional[str]):
+  """(state on the mesh, resumed-from step or None). ``latest`` is the step every process agreed
+  on (``distributed.check_shared_workdir``); a checkpoint that does not restore falls back to the
+  previous one (``TrainCheckpoints.restore_latest_good``)."""
   rep = step_lib.replicated(mesh)
   shapes = jax.eval_shape(lambda: state_lib.create_train_state(model, tx, config.seed))
   abstract = _abstract(shapes, rep)
-  latest = ckpts.latest_step()
   if latest is not None:
     if init_from:
       logging.warning("Resuming %s at step %d; --init_from %s is ignored.", ckpts.directory,
                       latest, init_from)
-    state, meta = ckpts.restore(latest, abstract)
-    if int(meta["data"]["start_step"]) != latest or int(meta["seed"]) != config.seed:
-      raise ValueError(f"checkpoint {latest} was written with seed {meta['seed']} and data "
+    state, meta, step = ckpts.restore_latest_good(abstract, latest)
+    if int(meta["data"]["start_step"]) != step or int(meta["seed"]) != config.seed:
+      raise ValueError(f"checkpoint {step} was written with seed {meta['seed']} and data "
                        f"position {meta['data']['start_step']}; config.seed is {config.seed}")
-    return state, latest
+    saved_on = meta.get("devices")
+    if saved_on and saved_on != mesh.devices.size:
+      logging.info("Checkpoint %d was written on %s devices in %s process(es); resuming on %d "
+                   "devices in %d process(es) (same global batch: the same updates).", step,
+                   saved_on, meta.get("processes"), mesh.devices.size, jax.process_count())
+    return state, step
   variables = None
   if init_from:
     variables = load_init_variables(init_from, model, config)
@@ -217,6 +228,21 @@ class Validator:
 # The loop.
 
 
+# train.py's exit status after a preemption save: 128 + SIGTERM, as if the signal had killed it, so
+# restart-on-failure schedulers restart the job (reaching num_train_steps exits 0).
+PREEMPTED_EXIT_CODE = 143
+
+
+class Preempted(Exception):
+  """The run saved a checkpoint at ``step`` on a preemption notice (SIGTERM) and stopped before
+  ``num_train_steps``; starting it again with the same work directory resumes there."""
+
+  def __init__(self, step: int, directory):
+    super().__init__(f"preempted: saved step {step} in {directory}; restart with the same "
+                     "--workdir to resume")
+    self.step = step
+
+
 class _LoggingOnlyWriter:
   """Console metrics when clu.metric_writers cannot be imported (it needs ``tensorboard``)."""
 
@@ -237,7 +263,7 @@ class _LoggingOnlyWriter:
     pass
 
 
-def create_writer(workdir: str, just_logging: bool):
+def create_writer(workdir, just_logging: bool):
   """clu's default writer: TensorBoard event files in ``workdir`` plus console (process 0)."""
   try:
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
@@ -245,49 +271,47 @@ def create_writer(workdir: str, just_logging: bool):
     logging.warning("clu.metric_writers unavailable (%s): metrics go to the log only. "
                     "`pip install tensorboard` for TensorBoard files.", e)
     return _LoggingOnlyWriter()
-  return metric_writers.create_default_writer(workdir, just_logging=just_logging)
+  return metric_writers.create_default_writer(os.fspath(workdir), just_logging=just_logging)
 
 
-def use_compilation_cache(path: str) -> None:
-  """Persistent XLA compilation cache in ``path`` (also when JAX already checked for one)."""
+COMPILATION_CACHE_AUTO = "auto"  # config.compilation_cache_dir: WORKDIR/xla_cache
+COMPILATION_CACHE_SUBDIR = "xla_cache"
+
+
+def use_compilation_cache(location) -> None:
+  """Persistent XLA compilation cache at ``location`` (a path or URL), also when JAX already
+  checked for one."""
   from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(os.path.expanduser(path))
-  if jax.config.jax_compilation_cache_dir != path:
-    compilation_cache.set_cache_dir(path)
+  location = str(fileutil.as_path(location))
+  if jax.config.jax_compilation_cache_dir != location:
+    compilation_cache.set_cache_dir(location)
     compilation_cache.reset_cache()
 
 
-def _prepare_workdir(workdir: str) -> str:
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  parent = os.path.dirname(workdir)
-  if not os.path.isdir(parent):
-    raise FileNotFoundError(f"--workdir: the parent directory {parent} does not exist")
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise NotADirectoryError(f"--workdir: {workdir} exists and is not a directory")
-  os.makedirs(workdir, exist_ok=True)
-  return workdir
+def compilation_cache_location(config, workdir) -> Optional[str]:
+  """Where ``config.compilation_cache_dir`` puts the cache: "auto" = under the work directory,
+  "" = none, else the given path or URL."""
+  value = config.get("compilation_cache_dir", COMPILATION_CACHE_AUTO)
+  if not value:
+    return None
+  if value == COMPILATION_CACHE_AUTO:
+    return str(fileutil.as_path(workdir) / COMPILATION_CACHE_SUBDIR)
+  return str(fileutil.as_path(value))
 
 
-def _log_config_changes(workdir, config):
-  old = checkpointing.read_config(workdir)
-  if old is None:
-    return
-  new = json.loads(config.to_json_best_effort())
-  changed = sorted(k for k in set(_flatten(old)) | set(_flatten(new))
-                   if _flatten(old).get(k) != _flatten(new).get(k))
-  if changed:
-    logging.warning("Config differs from the one this work directory was started with in: %s",
-                    ", ".join(changed))
-
-
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
+def prepare_workdir(workdir):
+  """``workdir`` as an epath.Path, created if needed. A local work directory's parent must exist
+  (a typo then fails here rather than creating a tree somewhere); URLs are taken as they are."""
+  path = fileutil.as_path(workdir)
+  if not fileutil.is_url(path):
+    parent = os.path.dirname(os.fspath(path))
+    if not os.path.isdir(parent):
+      raise FileNotFoundError(f"--workdir: the parent directory {parent} does not exist")
+    if path.exists() and not path.is_dir():
+      raise NotADirectoryError(f"--workdir: {path} exists and is not a directory")
+  if jax.process_index() == 0:
+    path.mkdir(parents=True, exist_ok=True)
+  return path
 
 
 def _model_description(config, model, step):
@@ -295,25 +319,40 @@ def _model_description(config, model, step):
                          metadata={"trained_steps": step, "config_model": config.model.to_dict()})
 
 
-def _checkpoint_meta(config, step, validation=None):
-  return {
+def _checkpoint_meta(config, step, validation=None, mesh=None):
+  meta = {
       "step": step,
       "seed": config.seed,
       "data": {"start_step": step, "name": config.data.name,
                "global_batch_size": config.global_batch_size},
       "validation": validation,
   }
+  if mesh is not None:
+    meta.update(devices=int(mesh.devices.size), processes=jax.process_count())
+  return meta
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       init_from: Optional[str] = None) -> state_lib.TrainState:
-  """Trains (or resumes) the run in ``workdir``; returns the final state.
+def config_json(config) -> dict:
+  return json.loads(config.to_json_best_effort())
 
-  Returns early -- after saving a checkpoint -- when SIGTERM arrives. Raises NonFiniteLossError when
-  the loss or gradient norm is not finite (the last good checkpoint stays the latest).
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
+                       init_from: Optional[str] = None,
+                       accept_config_changes: bool = False) -> state_lib.TrainState:
+  """Trains (or resumes) the run in ``workdir`` (a path or URL); returns the final state.
+
+  Raises ``Preempted`` after saving a checkpoint when a preemption notice (SIGTERM) arrives,
+  ``NonFiniteLossError`` when the loss or gradient norm is not finite (no checkpoint is written
+  after that point: the last one is good), ``history.ConfigChangedError`` when a resume changes
+  the recipe (unless ``accept_config_changes``), ``distributed.HostsDisagreeError`` when the
+  processes do not see the same work directory.
   """
   check_config(config)
-  workdir = _prepare_workdir(workdir)
+  process_index, process_count = jax.process_index(), jax.process_count()
+  mesh = step_lib.make_mesh(select_devices(config))
+  n_dev = mesh.devices.size
+  step_lib.check_global_batch(config.global_batch_size, n_dev, process_count)
+  workdir = prepare_workdir(workdir)
   if init_from:
     if not os.path.exists(os.path.expanduser(init_from)):
       raise FileNotFoundError(f"--init_from: {init_from} does not exist")
@@ -321,36 +360,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       raise ValueError(f"--init_from: {init_from} is not a model directory (no "
                        f"{model_checkpoint.MODEL_JSON}), a training work directory (no "
                        f"{checkpointing.CHECKPOINT_DIR}/) or a checkpoint step directory")
-  if config.compilation_cache_dir:
-    use_compilation_cache(config.compilation_cache_dir)
-
-  process_index, process_count = jax.process_index(), jax.process_count()
-  mesh = step_lib.make_mesh(select_devices(config))
-  n_dev = mesh.devices.size
-  if config.global_batch_size % n_dev:
-    raise ValueError(f"config.global_batch_size={config.global_batch_size} is not divisible by the "
-                     f"{n_dev} devices of the mesh")
+  cache = compilation_cache_location(config, workdir)
+  if cache:
+    use_compilation_cache(cache)
   logging.info("Mesh: %d devices (%s) in %d process(es); per-device batch %d.", n_dev,
                jax.devices()[0].platform, process_count, config.global_batch_size // n_dev)
 
   model = build_model(config)
   tx = optim.make_optimizer(config)
   lr_fn = optim.make_schedule(config)
-
-  if process_index == 0:
-    _log_config_changes(workdir, config)
-    checkpointing.write_config(workdir, config)
-  writer = create_writer(workdir, just_logging=process_index > 0)
   ckpts = checkpointing.TrainCheckpoints(workdir, keep=config.keep_checkpoints,
                                          keep_best=config.keep_best_checkpoint,
                                          asynchronous=config.async_checkpoints)
+  writer = None
   try:
-    state, resumed = initial_state(config, model, tx, mesh, ckpts, init_from)
-    step = int(step_lib.to_host(state.step))
+    latest = distributed.check_shared_workdir(workdir, ckpts.latest_step())
+    as_json = config_json(config)
+    if latest is not None:
+      history.check_resume(workdir, as_json, accept_config_changes, log=logging.warning)
+    if process_index == 0:
+      history.record_start(workdir, as_json, processes=process_count, devices=n_dev,
+                           resumed_from=latest)
+    writer = create_writer(workdir, just_logging=process_index > 0)
+    state, resumed = initial_state(config, model, tx, mesh, ckpts, latest, init_from)
+    step = 0 if resumed is None else resumed
     if resumed is not None:
       logging.info("Resumed from %s at step %d.", ckpts.directory, step)
     else:
-      writer.write_hparams(_flatten(json.loads(config.to_json_best_effort())))
+      writer.write_hparams(history.flatten(as_json))
       logging.info("Model %s: %s trainable parameters.", config.model.arch,
                    f"{models.count_params(state.params):,}")
 
@@ -361,73 +398,86 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if config.eval_every_steps and config.validation.num_segments:
       validator = Validator(config, mesh, model)
 
-    with checkpointing.PreemptionGuard() as guard:
-      state = _run(config, state, step, train_step, batches, mesh, model, ckpts, writer,
-                   validator, guard)
-    return state
+    guard = checkpointing.PreemptionGuard() if process_count == 1 else contextlib.nullcontext()
+    with guard:
+      return _run(config, state, step, train_step, batches, mesh, model, ckpts, writer,
+                  validator, guard, workdir)
   finally:
     ckpts.wait_until_finished()
     ckpts.close()
-    writer.flush()
-    writer.close()
+    if writer is not None:
+      writer.flush()
+      writer.close()
 
 
-def _preemption_requested(guard) -> bool:
-  """SIGTERM seen by any process (all processes must stop at the same step)."""
-  flag = guard.requested
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    flag = bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
-  return flag
+def _hooks(config, writer, workdir, start_step):
+  """clu periodic actions: progress (steps/s, ETA) and, when asked, a profiler trace."""
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+  hooks = [periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
+                                           every_steps=config.log_every_steps, every_secs=None)]
+  profile_steps = int(config.get("profile_steps", 0) or 0)
+  if profile_steps and jax.process_index() == 0:
+    first = start_step + max(int(config.get("profile_first_step", 0) or 0), 2)
+    hooks.append(periodic_actions.Profile(logdir=os.fspath(workdir), num_profile_steps=profile_steps,
+                                          profile_duration_ms=None, first_profile=first,
+                                          every_steps=None, every_secs=None))
+  return hooks
 
 
-def _run(config, state, step, train_step, batches, mesh, model, ckpts, writer,
-         validator, guard):
+def _read_metrics(metrics):
+  """The accumulated TrainMetrics as floats (one device-to-host transfer)."""
+  values = jax.jit(lambda m: m.compute())(metrics)
+  return {k: float(step_lib.to_host(v)) for k, v in values.items()}
+
+
+def _run(config, state, step, train_step, batches, mesh, model, ckpts, writer, validator, guard,
+         workdir):
   total = config.num_train_steps
-  examples_per_step = config.global_batch_size
-  window = {"loss": [], "grad_norm": [], "time": 0.0, "steps": 0}
-  start_step, start_time = step, time.time()
+  log_every = config.log_every_steps
+  ckpt_every = config.checkpoint_every_steps
+  hooks = _hooks(config, writer, workdir, step)
+  metrics = step_lib.empty_metrics(mesh)
+  checked_since = step  # metrics accumulated over updates checked_since+1 .. step
 
   while step < total:
-    t0 = time.time()
     batch = step_lib.global_batch(mesh, next(batches))
-    new_state, metrics = train_step(state, batch)
-    metrics = {k: float(step_lib.to_host(v)) for k, v in metrics.items()}
-    if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
-      raise NonFiniteLossError(
-          f"non-finite loss {metrics['loss']} (gradient norm {metrics['grad_norm']}) at update "
-          f"{step + 1}; stopped without saving it. The last good checkpoint is step "
-          f"{ckpts.latest_step()} in {ckpts.directory}; lower optimizer.learning_rate or check the "
-          "data, then restart with the same --workdir to resume from it.")
-    state, step = new_state, step + 1
-    if step == start_step + 1:  # includes compiling the step: reported, not averaged in
-      logging.info("First step (with compilation) took %.1f s.", time.time() - t0)
-    else:
-      window["time"] += time.time() - t0
-      window["steps"] += 1
-    window["loss"].append(metrics["loss"])
-    window["grad_norm"].append(metrics["grad_norm"])
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      state, metrics = train_step(state, batch, metrics)
+    step += 1
+    for hook in hooks:
+      hook(step)
+    if isinstance(guard, checkpointing.PreemptionGuard):
+      preempted = guard.requested
+    else:  # several processes: JAX's preemption sync point (coordination service, no collective)
+      preempted = ckpts.reached_preemption(step)
+    log_now = step % log_every == 0 or step == total
+    eval_now = validator is not None and (step % config.eval_every_steps == 0 or step == total)
+    save_now = (ckpt_every and step % ckpt_every == 0) or step == total or preempted
+    if not (log_now or eval_now or save_now):
+      continue
 
-    if step % config.log_every_steps == 0 or step == total:
-      scalars = {"train/loss": float(np.mean(window["loss"])),
-                 "train/grad_norm": float(np.mean(window["grad_norm"])),
-                 "train/learning_rate": metrics["learning_rate"]}
-      speed = "first step"
-      if window["steps"]:  # steps/s without the compilation of the first step
-        sps = window["steps"] / max(window["time"], 1e-9)
-        scalars.update({"train/steps_per_sec": sps,
-                        "train/examples_per_sec": sps * examples_per_step})
-        speed = f"{sps:.2f} steps/s, {sps * examples_per_step:.1f} examples/s"
+    # A host transfer only here: the metrics since the last report, checked before anything is
+    # saved, so that no checkpoint holds a state reached through a non-finite update.
+    values = _read_metrics(metrics)
+    if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
+      raise NonFiniteLossError(
+          f"non-finite loss or gradient norm (mean {values['loss']}, {values['grad_norm']}) in "
+          f"updates {checked_since + 1}..{step}; stopped without saving. The last good "
+          f"checkpoint is step {ckpts.latest_step()} in {ckpts.directory}; lower "
+          "optimizer.learning_rate or check the data, then restart with the same --workdir to "
+          "resume from it.")
+    if log_now:
+      scalars = {"train/loss": values["loss"], "train/grad_norm": values["grad_norm"],
+                 "train/learning_rate": values["learning_rate"]}
       writer.write_scalars(step, scalars)
-      elapsed = time.time() - start_time
-      eta = (total - step) * elapsed / max(step - start_step, 1)
-      logging.info("step %d/%d (%.1f%%) | loss %.5f | lr %.3g | grad norm %.3g | %s | ETA %s",
-                   step, total, 100.0 * step / max(total, 1), scalars["train/loss"],
-                   metrics["learning_rate"], scalars["train/grad_norm"], speed, _hms(eta))
-      window = {"loss": [], "grad_norm": [], "time": 0.0, "steps": 0}
+      logging.info("step %d/%d | loss %.5f | lr %.3g | grad norm %.3g (means over updates "
+                   "%d..%d)", step, total, values["loss"], values["learning_rate"],
+                   values["grad_norm"], checked_since + 1, step)
+      metrics = step_lib.empty_metrics(mesh)
+      checked_since = step
 
     validation = None
-    if validator is not None and (step % config.eval_every_steps == 0 or step == total):
+    if eval_now:
       t = time.time()
       validation, audio = validator(state)
       writer.write_scalars(step, validation)
@@ -436,22 +486,13 @@ def _run(config, state, step, train_step, batches, mesh, model, ckpts, writer,
       logging.info("step %d validation: %s (%.1f s)", step,
                    ", ".join(f"{k} {v:.3f} dB" for k, v in validation.items()), time.time() - t)
 
-    preempted = _preemption_requested(guard)
-    if (step % max(config.checkpoint_every_steps, 1) == 0 and config.checkpoint_every_steps) \
-        or step == total or preempted or validation is not None:
-      metrics_for_best = None
-      if validation is not None:
-        metrics_for_best = {checkpointing.BEST_METRIC: validation["val/sdr"]}
-      ckpts.save(state, _checkpoint_meta(config, step, validation), metrics_for_best,
+    if save_now or validation is not None:
+      best = None if validation is None else {checkpointing.BEST_METRIC: validation["val/sdr"]}
+      ckpts.save(step, state, _checkpoint_meta(config, step, validation, mesh), best,
                  model_description=_model_description(config, model, step))
     if preempted:
-      logging.warning("SIGTERM: saved a checkpoint at step %d in %s; stopping. Restart with the "
-                      "same --workdir to resume.", step, ckpts.directory)
-      break
+      ckpts.wait_until_finished()
+      logging.warning("Preemption notice: saved a checkpoint at step %d in %s; stopping. Restart "
+                      "with the same --workdir to resume.", step, ckpts.directory)
+      raise Preempted(step, ckpts.directory)
   return state
-
-
-def _hms(seconds):
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-

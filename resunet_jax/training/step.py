@@ -11,10 +11,12 @@ device of every process.
 import functools
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from clu import metrics as clu_metrics
 from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -90,13 +92,25 @@ def train_step(state: state_lib.TrainState, batch: Dict[str, jax.Array], rng: ja
   return new_state, metrics
 
 
+@flax.struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  """What the loop reports, accumulated on the devices between two reports (no host transfer per
+  step): means of the loss and the gradient norm over the steps since the last report (NaN if
+  any step's was not finite), the last learning rate."""
+  loss: clu_metrics.Average.from_output("loss")
+  grad_norm: clu_metrics.Average.from_output("grad_norm")
+  learning_rate: clu_metrics.LastValue.from_output("learning_rate")
+
+
 def make_train_step(mesh, model: models.Separator, tx: optax.GradientTransformation,
                     learning_rate_fn: Callable, loss_fn: Callable = l1_wav_loss,
                     donate: bool = True):
-  """jit(shard_map(train_step)) over ``mesh``: global (state, batch) -> (state, metrics).
+  """jit(shard_map(train_step)) over ``mesh``: global (state, batch, metrics) -> (state, metrics).
 
-  The state and the metrics are replicated, the batch is split over the mesh axis. The update's
-  key is ``fold_in(state.rng, state.step)`` (a pure function of the step, for exact resumes).
+  The state and the metrics are replicated, the batch is split over the mesh axis. ``metrics`` is
+  a ``TrainMetrics`` (start from ``TrainMetrics.empty()``) into which this update's values are
+  merged on the devices. The update's key is ``fold_in(state.rng, state.step)`` (a pure function
+  of the step, for exact resumes).
   """
   model = model.clone(bn_axis_name=AXIS)
   per_device = functools.partial(train_step, model=model, tx=tx,
@@ -105,11 +119,31 @@ def make_train_step(mesh, model: models.Separator, tx: optax.GradientTransformat
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P()),
                           out_specs=(P(), P()), check_vma=False)
 
-  def global_step(state, batch):
+  def global_step(state, batch, metrics):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    return sharded(state, batch, rng)
+    state, step_metrics = sharded(state, batch, rng)
+    return state, metrics.merge(TrainMetrics.single_from_model_output(**step_metrics))
 
-  return jax.jit(global_step, donate_argnums=(0,) if donate else ())
+  return jax.jit(global_step, donate_argnums=(0, 2) if donate else ())
+
+
+def check_global_batch(global_batch_size: int, num_devices: int, num_processes: int = 1) -> None:
+  """Raises ValueError, naming the rule and the nearest valid sizes, when the global batch cannot
+  be split evenly over the devices (every process holds the same number of devices, so the
+  examples of a process are then an even share too)."""
+  if global_batch_size >= 1 and global_batch_size % num_devices == 0:
+    return
+  below = (global_batch_size // num_devices) * num_devices
+  above = below + num_devices
+  nearest = [n for n in (below, above) if n >= 1]
+  where = (f"{num_devices} devices" if num_processes == 1
+           else f"{num_devices} devices ({num_processes} processes x "
+                f"{num_devices // num_processes})")
+  raise ValueError(
+      f"config.global_batch_size={global_batch_size} cannot be split evenly over the {where}: it "
+      f"must be a multiple of {num_devices} (nearest valid: "
+      f"{' or '.join(str(n) for n in nearest)}). To scale the recipe to a larger batch, see "
+      "configs/resunet143_ismir2021_pod.py (learning rate and schedule rules).")
 
 
 def eval_step(variables, mixture, targets, *, model: models.Separator, window: int):
@@ -152,3 +186,9 @@ def to_host(x) -> np.ndarray:
     return np.asarray(x.addressable_data(0))
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def empty_metrics(mesh) -> TrainMetrics:
+  """A fresh ``TrainMetrics``, replicated over ``mesh`` (a global array on every process)."""
+  return jax.tree_util.tree_map(
+      lambda x: global_array_from_host(mesh, np.asarray(x), P()), TrainMetrics.empty())
