@@ -85,3 +85,18 @@ def write_text_atomic(location, text: str) -> None:
     return
   with atomic_text_file(os.fspath(path)) as f:
     f.write(text)
+
+
+@contextlib.contextmanager
+def file_lock(lock_path: str):
+  """An exclusive lock between processes on one machine (``fcntl.flock`` on ``lock_path``,
+  created if needed): for work that several processes sharing a local disk must do only once
+  (a TFDS build, the built-in data set, a segment cache). Local paths only."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+  with open(lock_path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)

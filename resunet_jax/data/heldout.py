@@ -4,10 +4,14 @@
 :func:`validation_segments` cuts the fixed segments the training loop validates on. Nothing is
 augmented; the only draws are the seeded segment starts.
 """
+import hashlib
+import json
+import os
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from resunet_jax import fileutil
 from resunet_jax import sources
 from resunet_jax.data import musdb18
 from resunet_jax.data import prepare
@@ -71,7 +75,52 @@ def eval_tracks(data_config, split: Optional[str] = None, *, num_tracks: Optiona
 
 
 def validation_segments(data_config, *, split: Optional[str] = None, num_segments: int = 32,
-                        seed: int = 0, min_target_rms: float = 1e-3) -> Dict[str, np.ndarray]:
+                        seed: int = 0, min_target_rms: float = 1e-3,
+                        store: bool = True) -> Dict[str, np.ndarray]:
+  """``cut_validation_segments``, stored once: the first call cuts them and writes them next to
+  the segment cache (``<cache root>/<config>/<version>/validation/<key>.npz``, atomically, under
+  a file lock), later calls -- every restart, every process on the host -- read that file instead
+  of re-reading whole tracks. The key covers everything the segments depend on (split and its
+  tracks, count, seed, segment length, start grid, sources, RMS threshold)."""
+  from resunet_jax.data import segment_cache  # pylint: disable=g-import-not-at-top
+  if not store:
+    return cut_validation_segments(data_config, split=split, num_segments=num_segments,
+                                   seed=seed, min_target_rms=min_target_rms)
+  prepare.check_cache_dir(data_config)
+  recipe = recipes.recipe_from_config(data_config)
+  builder = prepare.prepare(data_config)
+  split = split or data_config.get("validation_split", "test")
+  key = json.dumps({"split": split, "tracks": [o[0] for o in split_track_order(builder, split)],
+                    "num_segments": int(num_segments), "seed": int(seed),
+                    "min_target_rms": float(min_target_rms),
+                    "segment": recipe.segment_samples, "hop": recipe.hop_samples,
+                    "inputs": list(recipe.inputs), "targets": list(recipe.targets),
+                    "format": 1}, sort_keys=True)
+  digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+  folder = os.path.join(os.path.dirname(segment_cache.cache_path(
+      builder, split, data_config.get("cache_dir", ""))), "validation")
+  path = os.path.join(folder, f"{split}-{digest}.npz")
+  with fileutil.file_lock(path + ".lock"):
+    if os.path.isfile(path):
+      with np.load(path) as f:
+        return {"mixture": f["mixture"], "targets": f["targets"], "names": list(f["names"]),
+                "starts": f["starts"]}
+    out = cut_validation_segments(data_config, split=split, num_segments=num_segments,
+                                  seed=seed, min_target_rms=min_target_rms)
+    tmp = fileutil.temp_file(path)
+    try:
+      with open(tmp, "wb") as f:
+        np.savez(f, mixture=out["mixture"], targets=out["targets"],
+                 names=np.asarray(out["names"]), starts=out["starts"], key=np.asarray(key))
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):
+        os.unlink(tmp)
+  return out
+
+
+def cut_validation_segments(data_config, *, split: Optional[str] = None, num_segments: int = 32,
+                            seed: int = 0, min_target_rms: float = 1e-3) -> Dict[str, np.ndarray]:
   """A fixed, deterministic set of un-augmented segments for periodic validation.
 
   Segment i of N comes from track floor(i T / N) of the split's T tracks (name order: spread over

@@ -29,6 +29,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from resunet_jax import fileutil
 from resunet_jax.data import stems_io
 from resunet_jax.data import tracklists
 
@@ -235,6 +236,16 @@ def build(variant: str, manual_dir: str, data_dir: str = "") -> tfds.core.Datase
   from resunet_jax.data import tf_setup  # pylint: disable=g-import-not-at-top
   tf_setup.hide_accelerators_from_tf()
   builder = get_builder(variant, data_dir=data_dir)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+  # try_download_gcs=False: never look for a pre-built copy in TFDS's public bucket.
+  config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir), try_download_gcs=False)
+  if fileutil.is_url(builder.data_dir):  # object stores: no lock; one writer (see prepare.py)
+    builder.download_and_prepare(download_config=config)
+    return builder
+  # Local data dirs: one build at a time, also between independent runs sharing the folder
+  # (TFDS renames its incomplete.* folder at the end; two builders at once collide there).
+  lock = os.path.join(os.path.dirname(os.path.dirname(os.fspath(builder.data_dir))),
+                      f".{builder.builder_config.name}.build.lock")
+  with fileutil.file_lock(lock):
+    builder = get_builder(variant, data_dir=data_dir)  # sees a build finished meanwhile
+    builder.download_and_prepare(download_config=config)
   return builder

@@ -39,10 +39,11 @@ def builtin_manual_dir(cache_dir: Optional[str] = None, variant: str = "stem") -
   path = os.path.join(root, variant)
   if os.path.isdir(path):
     return path
-  with _builtin_lock:
+  os.makedirs(root, exist_ok=True)
+  # The thread lock for this process, the file lock for other processes on this machine.
+  with _builtin_lock, fileutil.file_lock(os.path.join(root, f".{variant}.lock")):
     if os.path.isdir(path):
       return path
-    os.makedirs(root, exist_ok=True)
     tmp = fileutil.temp_dir(root, prefix=f"{variant}.tmp-")
     try:
       synthetic.write_musdb18(tmp, variant, tracks={"train": 4, "test": 2}, seconds=(12.0, 18.0),
@@ -88,7 +89,20 @@ def prepare(cfg):
   return builder
 
 
+def check_cache_dir(cfg) -> None:
+  """Refuses a remote ``data.cache_dir``: the segment cache is a set of memory-mapped files that
+  every reader thread slices at random (8 reads per example), so it must be on a local disk of
+  each host; ``data.data_dir`` (the TFDS records, read sequentially once) may be remote."""
+  cache_dir = cfg.get("cache_dir", "")
+  if cache_dir and fileutil.is_url(cache_dir):
+    raise ValueError(
+        f"config.data.cache_dir={cache_dir!r}: the segment cache is memory-mapped and must be on a "
+        "local disk of each host (e.g. /tmp/musdb18_cache or a local SSD); the TFDS data "
+        "(config.data.data_dir) may be remote. Leave it empty for the default location.")
+
+
 def training_cache(cfg, split: Optional[str] = None) -> segment_cache.SegmentCache:
+  check_cache_dir(cfg)
   builder = prepare(cfg)
   return segment_cache.open_or_build(builder, split or cfg.train_split,
                                      cache_dir=cfg.get("cache_dir", ""))

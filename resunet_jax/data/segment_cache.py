@@ -71,9 +71,13 @@ class SegmentCache:
 
 
 def default_cache_root(builder) -> str:
-  """``<TFDS data dir>/musdb18_segment_cache`` (next to, not inside, the TFDS dataset folder)."""
+  """``<TFDS data dir>/musdb18_segment_cache`` (next to, not inside, the TFDS dataset folder), or
+  for remote TFDS data (gs://...) ``~/.cache/resunet_jax/musdb18_segment_cache`` on local disk."""
+  if fileutil.is_url(builder.data_dir):
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "resunet_jax", "musdb18_segment_cache")
   # builder.data_dir is <root>/musdb18/<config>/<version>.
-  return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(builder.data_dir))),
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.fspath(builder.data_dir)))),
                       "musdb18_segment_cache")
 
 
@@ -93,8 +97,17 @@ def _expected_names(builder, split: str) -> Optional[List[str]]:
 
 def open_or_build(builder, split: str, cache_dir: str = "",
                   sources=sources_lib.STEMS) -> SegmentCache:
-  """The segment cache of ``split`` of a prepared musdb18 builder, written first if needed."""
+  """The segment cache of ``split`` of a prepared musdb18 builder, written first if needed.
+
+  Processes on one machine that share the cache folder take turns (a file lock): the first
+  writes it, the others then open it.
+  """
   path = cache_path(builder, split, cache_dir)
+  with fileutil.file_lock(path + ".lock"):
+    return _open_or_build(builder, split, path, sources)
+
+
+def _open_or_build(builder, split, path, sources):
   expected = _expected_names(builder, split)
   if os.path.isfile(os.path.join(path, "index.json")):
     cache = SegmentCache(path)

@@ -20,6 +20,35 @@ def segment_samples(data_config) -> int:
   return int(round(float(data_config.segment_seconds) * SAMPLE_RATE))
 
 
+def prepare(config) -> None:
+  """Once per run, before the data is read (collective: every process calls it).
+
+  Process 0 prepares the TFDS data (the built-in set, or a build from ``data.manual_dir``) while
+  the others wait; then each process opens it -- on storage all hosts share that is the one
+  build, a host-local data dir is built by that host (processes of one machine take turns: a
+  file lock). A failure on process 0 stops every process (no one is left waiting). Each process
+  then writes or opens its own local segment cache and the stored validation segments when it
+  first reads them. A remote ``data.cache_dir`` is refused here, before anything is built.
+  """
+  if config.data.name == "random":
+    return
+  from resunet_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
+  from resunet_jax.training import distributed  # pylint: disable=g-import-not-at-top
+  prepare_lib.check_cache_dir(config.data)
+  error = None
+  if distributed.jax.process_index() == 0:
+    try:
+      prepare_lib.prepare(config.data)
+    except Exception as e:  # pylint: disable=broad-except  (re-raised below, after telling others)
+      error = e
+  if not all(distributed.all_processes(int(error is None))):
+    if error is not None:
+      raise error
+    raise RuntimeError("preparing the data failed on process 0 (see its log); stopping")
+  if distributed.jax.process_index() != 0:
+    prepare_lib.prepare(config.data)
+
+
 def train_batches(config, *, start_step: int, process_index: int = 0, process_count: int = 1
                   ) -> Iterator[Dict[str, np.ndarray]]:
   """Host batches {"mixture": (B_host, L, 2), "targets": (B_host, S, L, 2)} from ``start_step``."""

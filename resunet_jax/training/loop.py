@@ -66,6 +66,9 @@ def check_config(config) -> None:
     fail("data.segment_seconds", f"must be positive, got {config.data.segment_seconds}")
   if not config.data.target_sources:
     fail("data.target_sources", "is empty")
+  if config.data.get("cache_dir") and fileutil.is_url(config.data.cache_dir):
+    from resunet_jax.data import prepare  # pylint: disable=g-import-not-at-top
+    prepare.check_cache_dir(config.data)
   for key in ("global_batch_size",):
     if config[key] < 1:
       fail(key, f"must be >= 1, got {config[key]}")
@@ -392,6 +395,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
                    f"{models.count_params(state.params):,}")
 
     train_step = step_lib.make_train_step(mesh, model, tx, lr_fn, step_lib.LOSSES[config.loss])
+    inputs.prepare(config)
     batches = inputs.train_batches(config, start_step=step, process_index=process_index,
                                    process_count=process_count)
     validator = None

@@ -26,8 +26,9 @@ ScalarOrSchedule = Union[float, optax.Schedule]
 def lambda_lr_factor(step, warm_up_steps=1000, decay_steps=15000, decay_rate=0.9):
   """The LambdaLR factor of update ``step`` (0-based); works on Python ints and JAX scalars."""
   step = jnp.asarray(step)
-  warm = step.astype(jnp.float32) / max(warm_up_steps, 1)
-  decay = jnp.asarray(decay_rate, jnp.float32) ** (step // decay_steps).astype(jnp.float32)
+  dtype = jnp.result_type(float)  # float32, or float64 where JAX runs with x64 enabled
+  warm = step.astype(dtype) / max(warm_up_steps, 1)
+  decay = jnp.asarray(decay_rate, dtype) ** (step // decay_steps).astype(dtype)
   if warm_up_steps <= 0:
     return decay
   return jnp.where(step <= warm_up_steps, warm, decay)
@@ -58,15 +59,20 @@ def scale_by_pytorch_amsgrad(b1=0.9, b2=0.999, eps=1e-8):
   def update_fn(updates, state, params=None):
     del params
     t = state.count + 1
-    tf = t.astype(jnp.float32)
     mu = jax.tree_util.tree_map(lambda m, g: m + (1 - b1) * (g - m), state.mu, updates)
     nu = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * (g * g), state.nu, updates)
     nu_max = jax.tree_util.tree_map(jnp.maximum, state.nu_max, nu)
-    bias_correction1 = 1 - jnp.asarray(b1, jnp.float32) ** tf
-    bias_correction2_sqrt = jnp.sqrt(1 - jnp.asarray(b2, jnp.float32) ** tf)
-    direction = jax.tree_util.tree_map(
-        lambda m, vm: (m / bias_correction1) / (jnp.sqrt(vm) / bias_correction2_sqrt + eps),
-        mu, nu_max)
+
+    def direction(m, vm):
+      # The bias corrections in the moments' own dtype (float64 parameters: float64 corrections,
+      # as PyTorch computes them in double precision).
+      dtype = jnp.promote_types(m.dtype, jnp.float32)
+      t_ = t.astype(dtype)
+      correction1 = 1 - jnp.asarray(b1, dtype) ** t_
+      correction2_sqrt = jnp.sqrt(1 - jnp.asarray(b2, dtype) ** t_)
+      return (m / correction1) / (jnp.sqrt(vm) / correction2_sqrt + eps)
+
+    direction = jax.tree_util.tree_map(direction, mu, nu_max)
     return direction, PyTorchAmsgradState(count=t, mu=mu, nu=nu, nu_max=nu_max)
 
   return optax.GradientTransformation(init_fn, update_fn)

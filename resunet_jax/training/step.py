@@ -47,8 +47,10 @@ def batch_sharded(mesh) -> NamedSharding:
 
 
 def l1_wav_loss(estimate, target):
-  """The authors' ``l1_wav``: mean |estimate - target| over batch, sources, samples, channels."""
-  return jnp.mean(jnp.abs(estimate.astype(jnp.float32) - target.astype(jnp.float32)))
+  """The authors' ``l1_wav``: mean |estimate - target| over batch, sources, samples, channels
+  (in float32, or float64 for a float64 model)."""
+  dtype = jnp.promote_types(estimate.dtype, jnp.float32)
+  return jnp.mean(jnp.abs(estimate.astype(dtype) - target.astype(dtype)))
 
 
 LOSSES = {"l1_wav": l1_wav_loss}
