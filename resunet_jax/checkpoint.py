@@ -6,14 +6,18 @@ A *model directory* (what ``convert`` and ``save_model`` write)::
                 "arch", "model": {Separator fields}, "sources", "sample_rate", "metadata"}
   variables/    an Orbax PyTree checkpoint of {"params", "batch_stats"[, "constants"]}
 
-written into a temporary sibling directory and renamed into place (a crash never leaves a
-half-written model directory; an existing one is replaced only when asked).
+A local one is written into a temporary sibling directory and renamed into place (a crash never
+leaves a half-written model directory; an existing one is replaced only when asked). On an object
+store (``gs://bucket/models/vocals``) a directory rename is not atomic, so there ``model.json`` is
+the commit marker: ``variables/`` is written first (Orbax finalises it with its own marker), then
+``model.json``, and a folder without ``model.json`` is never read as a model directory.
 
 A *training work directory* (``resunet_jax.training``) holds Orbax composite checkpoints
 ``checkpoints/<step>/`` whose ``variables`` and ``model`` items are the same two things (the model
 description saved beside the variables), plus what resuming needs. ``load_model`` reads a model
 directory, a work directory (its best-validation-SDR step, else the latest) or one step directory.
 This module owns both layouts; the training package writes through it, never the other way round.
+Every location may be a local path or a gs:// URL (``fileutil.check_location`` refuses the others).
 """
 import json
 import logging as py_logging
@@ -63,25 +67,48 @@ def _atomic_json(path, obj):
     f.write("\n")
 
 
+def _save_variables(directory, variables):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    checkpointer.save(directory, jax.tree_util.tree_map(np.asarray, dict(variables)))
+    checkpointer.wait_until_finished()
+  finally:
+    checkpointer.close()
+
+
 def save_model(out_dir, model, variables, *, arch=None, sources=("vocals",), metadata=None,
                overwrite=False):
-  """Writes a model directory atomically. Returns its absolute path."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and not overwrite:
-    raise FileExistsError(f"{out_dir} exists; refusing to overwrite it (pass overwrite=True / "
+  """Writes a model directory (a local path or a gs:// URL); returns its absolute path or URL.
+
+  Readers never see a half-written one. Locally it is written into a temporary sibling and
+  renamed into place. On an object store (no atomic directory rename) ``variables/`` is written
+  first and ``model.json`` last, as the commit marker (``is_model_dir`` and ``load_model`` need
+  it); replacing one (``overwrite``) deletes its ``model.json`` first, then the rest, so that
+  meanwhile a reader finds no model rather than a mix of the old and the new (a reader that had
+  read the old ``model.json`` before then fails to read the variables).
+  """
+  fileutil.check_location(out_dir, "model directory")
+  path = fileutil.as_path(out_dir)
+  if path.exists() and not overwrite:
+    raise FileExistsError(f"{path} exists; refusing to overwrite it (pass overwrite=True / "
                           "--force to replace it)")
+  description = models.describe(model, arch=arch, sources=sources, metadata=metadata)
+  if fileutil.is_url(path):
+    if path.exists():
+      (path / MODEL_JSON).unlink(missing_ok=True)  # first: from now on no reader takes it
+      path.rmtree()
+    _save_variables(path / VARIABLES_DIR, variables)
+    fileutil.write_text_atomic(path / MODEL_JSON,
+                               json.dumps(description, indent=2, sort_keys=True) + "\n")
+    return str(path)
+  out_dir = os.fspath(path)
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   tmp = fileutil.temp_dir(parent, prefix="." + os.path.basename(out_dir) + ".tmp-")
   try:
-    variables = jax.tree_util.tree_map(np.asarray, dict(variables))
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(tmp, VARIABLES_DIR), variables)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
-    _atomic_json(os.path.join(tmp, MODEL_JSON),
-                 models.describe(model, arch=arch, sources=sources, metadata=metadata))
+    _save_variables(os.path.join(tmp, VARIABLES_DIR), variables)
+    _atomic_json(os.path.join(tmp, MODEL_JSON), description)
     if os.path.exists(out_dir):
       old = out_dir + ".old-" + os.path.basename(tmp)
       os.replace(out_dir, old)
@@ -96,26 +123,25 @@ def save_model(out_dir, model, variables, *, arch=None, sources=("vocals",), met
 
 
 def is_model_dir(path):
-  return os.path.isfile(os.path.join(path, MODEL_JSON))
+  return (fileutil.as_path(path) / MODEL_JSON).is_file()
 
 
 def is_step_dir(path):
-  return all(os.path.isdir(os.path.join(path, item)) for item in ("variables", "meta"))
+  return all((fileutil.as_path(path) / item).is_dir() for item in ("variables", "meta"))
 
 
 def is_workdir(path):
-  return os.path.isdir(os.path.join(path, CHECKPOINT_DIR))
+  return (fileutil.as_path(path) / CHECKPOINT_DIR).is_dir()
 
 
 def is_loadable(path):
-  """A model directory, a training work directory or one of its checkpoint step directories."""
-  path = os.path.abspath(os.path.expanduser(path))
+  """A model directory, a training work directory or one of its checkpoint step directories
+  (local paths or URLs)."""
   return is_model_dir(path) or is_step_dir(path) or is_workdir(path)
 
 
 def read_description(path):
-  with open(os.path.join(path, MODEL_JSON)) as f:
-    return json.load(f)
+  return json.loads((fileutil.as_path(path) / MODEL_JSON).read_text())
 
 
 def restore_item(item_dir, device=None):
@@ -127,6 +153,7 @@ def restore_item(item_dir, device=None):
   sharding = jax.sharding.SingleDeviceSharding(device)
   checkpointer = ocp.StandardCheckpointer()
   try:
+    item_dir = fileutil.as_path(item_dir)
     metadata = checkpointer.metadata(item_dir).item_metadata
     abstract = jax.tree_util.tree_map(
         lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding), metadata)
@@ -146,7 +173,7 @@ def select_step(workdir):
   quiet_orbax_logs()
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, best_fn=_best_metric,
                                          best_mode="max")
-  manager = ocp.CheckpointManager(os.path.join(workdir, CHECKPOINT_DIR), options=options,
+  manager = ocp.CheckpointManager(fileutil.as_path(workdir) / CHECKPOINT_DIR, options=options,
                                   item_names=STEP_ITEMS)
   try:
     with_metrics = [s for s in manager.all_steps() if manager.metrics(s)]
@@ -157,8 +184,7 @@ def select_step(workdir):
 
 
 def _read_json_item(step_dir, item):
-  with open(os.path.join(step_dir, item, "metadata")) as f:
-    return json.load(f)
+  return json.loads((fileutil.as_path(step_dir) / item / "metadata").read_text())
 
 
 def load_model(path, **overrides):
@@ -169,32 +195,33 @@ def load_model(path, **overrides):
   ``conv_backend="cpu"``). ``variables`` is ``{"params", "batch_stats"[, "constants"]}``. For a
   training checkpoint the description's metadata also names the step and the step directory.
   """
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.exists(path):
+  fileutil.check_location(path, "checkpoint")
+  path = fileutil.as_path(path)
+  if not path.exists():
     raise FileNotFoundError(f"checkpoint {path} does not exist")
   if is_model_dir(path):
     desc = read_description(path)
     model = models.from_description(desc, **overrides)
-    return model, dict(restore_item(os.path.join(path, VARIABLES_DIR))), desc
+    return model, dict(restore_item(path / VARIABLES_DIR)), desc
   if is_step_dir(path):
     step_dir = path
   elif is_workdir(path):
     step = select_step(path)
     if step is None:
       raise ValueError(f"training work directory {path} has no finished checkpoint")
-    step_dir = os.path.join(path, CHECKPOINT_DIR, str(step))
+    step_dir = path / CHECKPOINT_DIR / str(step)
   else:
     raise ValueError(f"{path} is neither a model directory (no {MODEL_JSON}), a training work "
                      f"directory (no {CHECKPOINT_DIR}/) nor a checkpoint step directory (no "
                      "variables/ and meta/)")
   meta = _read_json_item(step_dir, "meta")
-  if os.path.isdir(os.path.join(step_dir, "model")):
+  if (step_dir / "model").is_dir():
     desc = _read_json_item(step_dir, "model")
   else:  # written before the description became an item of its own
     desc = meta["model"]
   model = models.from_description(desc, **overrides)
-  variables = restore_item(os.path.join(step_dir, "variables"))
+  variables = restore_item(step_dir / "variables")
   desc = dict(desc)
-  desc["metadata"] = dict(desc.get("metadata") or {}, step=meta["step"], checkpoint=step_dir,
+  desc["metadata"] = dict(desc.get("metadata") or {}, step=meta["step"], checkpoint=str(step_dir),
                           validation=meta.get("validation"))
   return model, dict(variables), desc

@@ -1,4 +1,4 @@
-"""Atomic writes with ordinary permissions.
+"""Atomic writes with ordinary permissions; locations that may be URLs (gs://...).
 
 ``tempfile.mkstemp``/``mkdtemp`` create private files (0600) and directories (0700); renamed into
 place they would leave a user's outputs -- separated audio, converted models, evaluation results --
@@ -64,6 +64,39 @@ def is_url(location) -> bool:
   return URL_MARK in str(location)
 
 
+# URL schemes every location of this library works with. A location is read and written by Orbax
+# (checkpoints, model directories: arrays through TensorStore), TensorFlow's file systems
+# (TensorBoard event files, TFDS data) and etils.epath (JSON, the XLA cache); with the versions this
+# package is tested with (orbax-checkpoint 0.12, TF 2.21) only Google Cloud Storage works for all
+# of them. Orbax needs ``google-cloud-storage`` for gs:// (``pip install 'resunet_jax[gcs]'``).
+SUPPORTED_SCHEMES = ("gs",)
+_UNSUPPORTED = {
+    "s3": "Orbax computes a wrong TensorStore spec for s3:// checkpoints ('Checkpoint path should "
+          "be absolute') and TensorFlow has no s3 file system (TensorBoard files, TFDS)",
+}
+
+
+def url_scheme(location):
+  """``"gs"`` for ``gs://bucket/x``; None for a local path."""
+  text = str(location)
+  return text.split(URL_MARK, 1)[0].lower() if is_url(text) else None
+
+
+def check_location(location, what: str, local_only: str = "") -> None:
+  """Raises ValueError naming ``what`` (a flag or config key) when ``location`` is a URL that
+  cannot work: any URL when ``local_only`` (the reason) is given, else a scheme other than
+  ``SUPPORTED_SCHEMES``. Empty and local locations pass."""
+  if not location or not is_url(location):
+    return
+  scheme = url_scheme(location)
+  if local_only:
+    raise ValueError(f"{what}={location}: must be a local path: {local_only}")
+  if scheme not in SUPPORTED_SCHEMES:
+    why = _UNSUPPORTED.get(scheme, "not a storage scheme this library is tested with")
+    raise ValueError(f"{what}={location}: {scheme}:// URLs cannot be used: {why}. Use a local "
+                     f"path or a {' / '.join(s + '://' for s in SUPPORTED_SCHEMES)} URL.")
+
+
 def as_path(location):
   """``location`` as an ``etils.epath.Path``: URLs as they are, local paths made absolute (with
   ``~`` expanded) -- never ``os.path.abspath`` on a URL, which would turn ``gs://b/run`` into
@@ -73,6 +106,13 @@ def as_path(location):
   if is_url(text):
     return epath.Path(text)
   return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def join(location, *parts) -> str:
+  """``os.path.join`` for a local path, ``location/part/...`` for a URL (a str either way)."""
+  if is_url(location):
+    return str(as_path(location).joinpath(*parts))
+  return os.path.join(os.fspath(location), *parts)
 
 
 def write_text_atomic(location, text: str) -> None:

@@ -69,6 +69,13 @@ def check_config(config) -> None:
   if config.data.get("cache_dir") and fileutil.is_url(config.data.cache_dir):
     from resunet_jax.data import prepare  # pylint: disable=g-import-not-at-top
     prepare.check_cache_dir(config.data)
+  fileutil.check_location(config.data.get("data_dir"), "config.data.data_dir")
+  for key in ("manual_dir", "builtin_cache_dir"):
+    fileutil.check_location(config.data.get(key), f"config.data.{key}",
+                            local_only="the audio files are decoded from a local folder")
+  cache = config.get("compilation_cache_dir")
+  if cache != COMPILATION_CACHE_AUTO:
+    fileutil.check_location(cache, "config.compilation_cache_dir")
   for key in ("global_batch_size",):
     if config[key] < 1:
       fail(key, f"must be >= 1, got {config[key]}")
@@ -126,8 +133,8 @@ def _check_same_structure(loaded, expected, what):
 
 def load_init_variables(init_from: str, model, config):
   """Variables of a converted bytesep checkpoint (model directory) or a training work directory."""
-  path = os.path.abspath(os.path.expanduser(init_from))
-  if not os.path.exists(path):
+  path = fileutil.as_path(init_from)
+  if not path.exists():
     raise FileNotFoundError(f"--init_from: {path} does not exist")
   try:
     _, variables, desc = model_checkpoint.load_model(path)
@@ -305,6 +312,7 @@ def compilation_cache_location(config, workdir) -> Optional[str]:
 def prepare_workdir(workdir):
   """``workdir`` as an epath.Path, created if needed. A local work directory's parent must exist
   (a typo then fails here rather than creating a tree somewhere); URLs are taken as they are."""
+  fileutil.check_location(workdir, "--workdir")
   path = fileutil.as_path(workdir)
   if not fileutil.is_url(path):
     parent = os.path.dirname(os.fspath(path))
@@ -357,7 +365,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   step_lib.check_global_batch(config.global_batch_size, n_dev, process_count)
   workdir = prepare_workdir(workdir)
   if init_from:
-    if not os.path.exists(os.path.expanduser(init_from)):
+    fileutil.check_location(init_from, "--init_from")
+    if not fileutil.as_path(init_from).exists():
       raise FileNotFoundError(f"--init_from: {init_from} does not exist")
     if not model_checkpoint.is_loadable(init_from):
       raise ValueError(f"--init_from: {init_from} is not a model directory (no "
