@@ -280,6 +280,10 @@ def architecture_config(arch, **overrides):
                           f"{sorted(known | set(ARCH_OPTIONS))}")
   fields.update(overrides)
   channels = tuple(fields["channels"])
+  if not channels or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1
+                         for c in channels):  # before width can round a 0 up to 1
+    raise ModelFieldError("channels", f"must be a non-empty sequence of positive integers, got "
+                          f"{fields['channels']!r}")
   pools = tuple(tuple(p) for p in fields["pools"])
   if levels is not None:
     if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or \
