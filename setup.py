@@ -52,6 +52,7 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
+            "resunet-train = resunet_jax.cli.train:run",
             "resunet-eval = resunet_jax.cli.evaluate:run",
             "resunet-separate = resunet_jax.cli.separate:main",
             "resunet-convert = resunet_jax.convert:main",

@@ -12,101 +12,12 @@ OUT_DIR``) or another run's work directory. Multi-process (TPU pods, SLURM, seve
 machine): see ``resunet_jax.training.distributed``; ``--distributed`` forces it on or off.
 
   python train.py --config=configs/small.py --workdir=/tmp/resunet_small
+
+The flags and the program are ``resunet_jax.cli.train`` (also installed as ``resunet-train``).
 """
-import importlib.util
-import os
-import sys
+from resunet_jax.cli import train
 
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
-
-from resunet_jax import runtime
-
-runtime.set_xla_cpu_flags()  # before JAX starts its CPU backend
-
-FLAGS = flags.FLAGS
-
-config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Work directory: checkpoints, TensorBoard metrics and "
-                    "config.json. An existing one is resumed.")
-flags.DEFINE_string("init_from", None, "Model directory (resunet_jax.convert output) or training "
-                    "work directory whose weights start a new run (fine-tuning).")
-flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (default: only when the "
-                  "environment describes a multi-process job).")
-flags.DEFINE_bool("accept_config_changes", False, "Resume even though the config changes the "
-                  "training recipe (batch, optimiser, schedule, model, data recipe); the changes "
-                  "are logged and recorded in WORKDIR/config_history.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _unknown_override(argv):
-  """The first ``--config.a.b=...`` whose key the config file does not have, and the valid keys
-  at that level (config_flags raises a bare KeyError/AttributeError for it)."""
-  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if path is None or not os.path.isfile(path):
-    return None
-  spec = importlib.util.spec_from_file_location("_train_config", path)
-  module = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for arg in argv:
-    if not arg.startswith("--config."):
-      continue
-    key = arg[len("--config."):].split("=", 1)[0]
-    node = config
-    for i, part in enumerate(key.split(".")):
-      if not hasattr(node, "keys") or part not in node:
-        where = ".".join(key.split(".")[:i]) or "config"
-        choices = sorted(node.keys()) if hasattr(node, "keys") else []
-        return key, where, choices
-      node = node[part]
-  return None
-
-
-def parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:  # wrong type, missing required flag, ...
-    print(f"train.py: error: {e}\nPass --helpshort to see the flags.", file=sys.stderr)
-    sys.exit(2)
-  except (KeyError, AttributeError, TypeError, ValueError) as e:
-    found = None
-    try:
-      found = _unknown_override(argv)
-    except Exception:  # pylint: disable=broad-except
-      pass
-    if found:
-      key, where, choices = found
-      message = f"unknown config key '{key}' (keys of {where}: {', '.join(choices)})"
-    else:
-      message = f"bad config override: {e}"
-    print(f"train.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from resunet_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
-  from resunet_jax.training import distributed  # pylint: disable=g-import-not-at-top
-  from resunet_jax.training import loop  # pylint: disable=g-import-not-at-top
-  distributed.maybe_initialize(FLAGS.distributed)
-  try:
-    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, init_from=FLAGS.init_from,
-                            accept_config_changes=FLAGS.accept_config_changes)
-  except loop.Preempted as e:
-    logging.warning("%s", e)
-    sys.exit(loop.PREEMPTED_EXIT_CODE)
-  except (ValueError, FileNotFoundError, NotADirectoryError, loop.NonFiniteLossError,
-          distributed.HostsDisagreeError, checkpointing.NoRestorableCheckpointError) as e:
-    logging.error("%s", e)
-    print(f"train.py: error: {e}", file=sys.stderr)
-    sys.exit(1)
-
+FLAGS, main, parse_flags = train.FLAGS, train.main, train.parse_flags
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  train.run()

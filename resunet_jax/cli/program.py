@@ -1,7 +1,7 @@
 """What the absl programs share: running ``app.run`` with flags defined in this package.
 
 Their flags are defined in ``resunet_jax.cli.<program>``, not in the script that runs them
-(e.g. ``eval.py`` or the ``resunet-eval`` console script), so absl's ``--help`` is told that
+(``train.py``, ``eval.py`` or a ``resunet-*`` console script), so absl's ``--help`` is told that
 they are the program's own; and ``configs/*.py`` (which import each other as ``configs.<name>``)
 are importable from wherever the program is started.
 """
