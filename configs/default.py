@@ -62,6 +62,7 @@ def get_config():
   # Persistent XLA compilation cache (a restart does not compile again): "auto" = WORKDIR/xla_cache,
   # a path or URL, or "" for none.
   config.compilation_cache_dir = "auto"
+  config.max_steps_in_flight = 2  # updates dispatched ahead of the devices (bounds a preemption save)
   config.profile_steps = 0  # > 0: a profiler trace of that many updates into the work directory
   config.profile_first_step = 10  # ... starting this many updates after the (re)start
   return config
