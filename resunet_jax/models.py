@@ -103,6 +103,11 @@ class Separator(nn.Module):
 
   def __post_init__(self):
     _validate(self)
+    # One form for dtypes given as names or types ("bfloat16", jnp.bfloat16): numpy dtypes.
+    for field in ("dtype", "param_dtype"):
+      value = getattr(self, field)
+      if value is not None:
+        object.__setattr__(self, field, jnp.dtype(value))
     super().__post_init__()
 
   @property

@@ -56,12 +56,15 @@ def test_wrong_architecture_is_refused(mobilenet_state):
     convert.from_bytesep(mobilenet_state, "resunet143_subbandtime")
 
 
-def test_subband_state_without_pqmf_filters_needs_them(mobilenet_state):
+def test_subband_state_without_pqmf_filters_needs_them(mobilenet_state, tmp_path):
   state = {k: v for k, v in mobilenet_state.items() if not k.startswith("pqmf.")}
   with pytest.raises(convert.ConversionError, match="pqmf.ana_conv_filter.weight"):
     convert.from_bytesep(state, ARCH)
   from resunet_jax import pqmf  # pylint: disable=g-import-not-at-top
-  filters = pqmf.load_mat_filters(pu.shared_path("data", "pqmf"))
+  from resunet_jax.testing import bytesep_reference  # pylint: disable=g-import-not-at-top
+  # The authors' f_4_64.mat / h_4_64.mat, as written from the frozen tensors of the fixtures.
+  bytesep_reference.write_pqmf_mat_files(str(tmp_path), pu.pqmf_kernels())
+  filters = pqmf.load_mat_filters(str(tmp_path))
   _, variables = convert.from_bytesep(state, ARCH, pqmf_filters=filters)
   np.testing.assert_allclose(variables["constants"]["pqmf_analysis"], filters[0], atol=1e-7)
 
