@@ -18,7 +18,11 @@ The ablation variants:
   ``decouple``:              Decouple+ without the additive term (K = 3), magnitude mask <= 1;
   ``irm``:                   magnitude-only ratio mask sigmoid(m), mixture phase kept (K = 1);
   ``cirm``:                  bounded complex ratio mask M = tanh(a) + j tanh(b) (K = 2),
-                             Y = M X, so |M| < sqrt(2).
+                             Y = M X, so |M| < sqrt(2);
+  ``magnitude_plus``:        Decouple+'s magnitude (sigmoid mask + tanh additive term, K = 2) with
+                             the mixture's phase: Decouple+ without its phase estimate.
+A new mask is a function registered with ``@register(name, num_outputs=K)``; the model sizes its
+head from K, so ``--config.model.mask=<name>`` trains it with no other change.
 
 Oracle (ideal) masks, computed from the true source spectrum S instead of head outputs: upper
 bounds of what a mask of each family can do (``resunet_jax.evaluation`` scores them). Each takes the
@@ -97,6 +101,27 @@ MASKS = {
     "irm": (1, _irm),
     "cirm": (2, _cirm),
 }
+
+
+def register(name, num_outputs):
+  """Decorator adding a mask to ``MASKS``: ``fn(logits (..., K), mag, cos, sin) -> (mag, cos,
+  sin)`` of the estimate, K = ``num_outputs``. The model sizes its head from K, so a registered
+  mask is usable at once: ``--config.model.mask=<name>`` or ``build_model(..., mask=<name>)``."""
+  def add(fn):
+    if name in MASKS:
+      raise ValueError(f"mask {name!r} is already registered")
+    MASKS[name] = (int(num_outputs), fn)
+    return fn
+  return add
+
+
+@register("magnitude_plus", num_outputs=2)
+def _magnitude_plus(logits, mag, cos, sin):
+  """Decouple+'s magnitude (sigmoid mask plus a tanh-bounded additive term, so the effective
+  mask can exceed 1) with the mixture's phase: Decouple+ without its phase estimate, for
+  ablations of the phase."""
+  out_mag = jax.nn.relu(mag * jax.nn.sigmoid(logits[..., 0]) + jnp.tanh(logits[..., 1]))
+  return out_mag, cos, sin
 
 
 def num_outputs(kind):

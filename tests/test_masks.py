@@ -80,3 +80,22 @@ def test_wrong_logit_count_and_unknown_mask():
     masks.apply_mask("decouple_plus", jnp.zeros((1, 3)), mag, cos, sin)
   with pytest.raises(ValueError, match="unknown mask"):
     masks.num_outputs("ideal")
+
+
+def test_magnitude_plus_exceeds_one_and_keeps_the_mixture_phase():
+  mag, cos, sin = _mix([2.0, 0.01], [0.4, -1.0])
+  logits = jnp.asarray([[0.0, 1.0], [-3.0, 0.5]], jnp.float32)
+  y = np.asarray(masks.apply_mask("magnitude_plus", logits, mag, cos, sin))
+  want = np.maximum(np.array([2.0, 0.01]) / (1 + np.exp([-0.0, 3.0])) + np.tanh([1.0, 0.5]), 0)
+  np.testing.assert_allclose(np.abs(y), want, rtol=1e-6)
+  np.testing.assert_allclose(np.angle(y), [0.4, -1.0], atol=1e-6)
+  assert np.abs(y[1]) / 0.01 > 1  # the effective mask exceeds 1 where |X| is small
+
+
+def test_a_registered_mask_sizes_the_head_and_is_checked_by_the_model():
+  from resunet_jax import models  # pylint: disable=g-import-not-at-top
+  assert masks.num_outputs("magnitude_plus") == 2
+  model = models.build_model("resunet143_subbandtime", mask="magnitude_plus", num_sources=2)
+  assert model.head_channels == 2 * 2 * 2 * 4  # sources x channels x K x subbands
+  with pytest.raises(ValueError, match="already registered"):
+    masks.register("irm", 1)(lambda *a: a)
