@@ -182,3 +182,13 @@ def test_a_single_process_agrees_with_itself(tmp_path):
   from resunet_jax import fileutil  # pylint: disable=g-import-not-at-top
   assert distributed.check_shared_workdir(fileutil.as_path(tmp_path), 7) == 7
   assert distributed.all_processes(3) == [3]
+
+
+def test_a_profiler_trace_on_request(tmp_path, training_compilation_cache):
+  workdir = tmp_path / "run"
+  config = _config(training_compilation_cache, num_train_steps=6, profile_steps=2,
+                   profile_first_step=2, checkpoint_every_steps=0)
+  loop.train_and_evaluate(config, str(workdir))
+  traces = [os.path.join(root, f) for root, _, files in os.walk(workdir) for f in files
+            if f.endswith(".xplane.pb")]
+  assert traces, sorted(os.listdir(workdir))
