@@ -360,13 +360,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   processes do not see the same work directory.
   """
   check_config(config)
+  fileutil.check_location(workdir, "--workdir")
+  fileutil.check_location(init_from, "--init_from")
   process_index, process_count = jax.process_index(), jax.process_count()
   mesh = step_lib.make_mesh(select_devices(config))
   n_dev = mesh.devices.size
   step_lib.check_global_batch(config.global_batch_size, n_dev, process_count)
   workdir = prepare_workdir(workdir)
   if init_from:
-    fileutil.check_location(init_from, "--init_from")
     if not fileutil.as_path(init_from).exists():
       raise FileNotFoundError(f"--init_from: {init_from} does not exist")
     if not model_checkpoint.is_loadable(init_from):
