@@ -185,3 +185,11 @@ def test_upsampling_conv_gradients_equal_autodiff_of_the_definition():
   np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), atol=1e-5)
   for got, want in zip(vjp(dy), vjp_ref(dy)):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
+
+
+def test_auto_backend_resolves_by_platform():
+  from resunet_jax import backends  # pylint: disable=g-import-not-at-top
+  assert backends.resolve("auto") == ("cpu" if jax.default_backend() == "cpu" else "xla")
+  assert backends.resolve("xla") == "xla"
+  with pytest.raises(ValueError, match="unknown conv_backend 'cuda'"):
+    backends.resolve("cuda")

@@ -10,13 +10,28 @@ The model's convolutions are ``flax.linen.Conv`` layers; a backend is a drop-in 
          the quick start); same values, plain XLA ops, every JAX transformation still works.
 
 The backend is a runtime choice, not part of the architecture: it is not saved with a model and
-does not change any parameter.
+does not change any parameter. The library and training default to "xla"; the separation and
+evaluation tools default to ``AUTO`` ("auto": "cpu" when JAX's default backend is the CPU, else
+"xla"): on a CPU the MobileNet's 10 s forward pass takes ~8 s with XLA's grouped convolution and
+~0.9 s with the "cpu" backend (measured on a busy 2-core Xeon).
 """
 import functools
 import importlib
 
 # name -> module that defines ``conv_general_dilated`` (None: lax.conv_general_dilated itself).
 BACKENDS = {"xla": None, "cpu": "resunet_jax.backends.cpu"}
+
+
+AUTO = "auto"
+
+
+def resolve(name):
+  """``name``, with "auto" replaced by "cpu" on CPU hosts and "xla" elsewhere."""
+  if name == AUTO:
+    import jax  # pylint: disable=g-import-not-at-top
+    return "cpu" if jax.default_backend() == "cpu" else "xla"
+  check(name)
+  return name
 
 
 def check(name):

@@ -19,6 +19,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from resunet_jax import backends
 from resunet_jax import runtime
 from resunet_jax.cli import program
 
@@ -48,9 +49,9 @@ flags.DEFINE_float("overlap_seconds", 10.0, "cross-fade length (crossfade scheme
 flags.DEFINE_integer("batch_size", 1, "chunks per model call")
 flags.DEFINE_integer("workers", None, "scoring processes (default: CPU count; 0: in-process)")
 flags.DEFINE_bool("save_estimates", False, "also write the estimates as float wavs")
-flags.DEFINE_enum("conv_backend", "xla", ["xla", "cpu"],
-                  "convolution backend (resunet_jax.backends): xla, or cpu for faster depthwise "
-                  "convolutions on CPU hosts")
+flags.DEFINE_enum("conv_backend", "auto", ["auto", "xla", "cpu"],
+                  "convolution backend (resunet_jax.backends): auto (cpu on CPU hosts, else xla), "
+                  "xla, or cpu")
 flags.DEFINE_string("manual_dir", None, "MUSDB18 folder with train/ and test/ (data.manual_dir)")
 flags.DEFINE_string("data_dir", None, "TFDS data dir (data.data_dir)")
 flags.DEFINE_enum("variant", None, ["stem", "hq"], "stem (.stem.mp4, the paper's) or hq (wav)")
@@ -62,6 +63,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   if FLAGS.workdir and FLAGS.checkpoint:
     raise app.UsageError("give --workdir or --checkpoint, not both")
+  from resunet_jax import fileutil  # pylint: disable=g-import-not-at-top
+  for flag in ("workdir", "checkpoint", "eval_dir", "data_dir"):  # local paths or gs:// URLs
+    try:
+      fileutil.check_location(getattr(FLAGS, flag), "--" + flag)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
   logging.set_verbosity(logging.WARNING)  # TFDS logs every split it opens at INFO
   from resunet_jax import evaluation  # pylint: disable=g-import-not-at-top
   from resunet_jax import masks  # pylint: disable=g-import-not-at-top
@@ -79,7 +86,8 @@ def main(argv):
       oracles=oracles, oracle_targets=FLAGS.oracle_targets, residual=FLAGS.residual,
       scheme=FLAGS.scheme, chunk_seconds=FLAGS.chunk_seconds,
       overlap_seconds=FLAGS.overlap_seconds, batch_size=FLAGS.batch_size, workers=FLAGS.workers,
-      save_estimates=FLAGS.save_estimates, conv_backend=FLAGS.conv_backend)
+      save_estimates=FLAGS.save_estimates,
+      conv_backend=backends.resolve(FLAGS.conv_backend))
 
 
 def run():

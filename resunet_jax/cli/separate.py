@@ -38,9 +38,10 @@ def _parser():
   p.add_argument("--overlap_seconds", type=float, default=separate.DEFAULT_OVERLAP_SECONDS,
                  help="cross-fade length (<= chunk/2); ignored by --scheme authors")
   p.add_argument("--batch_size", type=int, default=1, help="chunks per model call")
-  p.add_argument("--conv_backend", default="xla", choices=sorted(backends.BACKENDS),
-                 help="convolution backend (resunet_jax.backends): xla (default) or cpu (faster "
-                      "depthwise convolutions on CPU hosts)")
+  p.add_argument("--conv_backend", default=backends.AUTO,
+                 choices=[backends.AUTO] + sorted(backends.BACKENDS),
+                 help="convolution backend (resunet_jax.backends): auto (default: cpu on CPU "
+                      "hosts, else xla), xla, or cpu")
   p.add_argument("--force", action="store_true", help="overwrite existing outputs")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   return p
@@ -63,8 +64,8 @@ def main(argv=None):
 
   from resunet_jax import checkpoint  # pylint: disable=g-import-not-at-top
   try:
-    model, variables, desc = checkpoint.load_model(args.checkpoint,
-                                                   conv_backend=args.conv_backend)
+    model, variables, desc = checkpoint.load_model(
+        args.checkpoint, conv_backend=backends.resolve(args.conv_backend))
   except (OSError, ValueError, KeyError) as e:
     print(f"error: {args.checkpoint}: not a usable checkpoint: {e}", file=sys.stderr)
     return 2
