@@ -2,14 +2,16 @@
 
     python bench/bench_inference.py [--archs ...] [--seconds 10] [--repeats 3]
 
-For every architecture it times, each in a fresh subprocess so that allocators and thread pools do
-not interfere:
-  * resunet_jax: one jit-compiled ``model.apply`` on a (1, L, 2) batch, after compilation
-    (median of --repeats), plus the FLOPs XLA's cost analysis reports, per second of audio;
-  * the same with tcmalloc preloaded (LD_PRELOAD), which speeds up CPU PyTorch 2-3x;
-  * bytesep's model (``bytesep_shim``) in eval mode under ``torch.no_grad`` with tcmalloc, when
-    torch, torchlibrosa and bytesep import (the subband models also need ../shared/data/pqmf).
-Weights are random: speed does not depend on them. Prints a table and the ratio bytesep / ours.
+For every architecture it times, each in a fresh subprocess (allocators and thread pools do not
+interfere) and with tcmalloc preloaded (LD_PRELOAD; CPU PyTorch needs it, ours gains 5-12 %):
+  * resunet_jax: one jit-compiled ``model.apply`` on a (1, L, 2) batch after compilation (median
+    of --repeats), with XLA's own convolutions ("xla") and with the "cpu" backend
+    (``resunet_jax.backends``, what the separation tools use on CPU hosts), plus the FLOPs XLA's
+    cost analysis reports, per second of audio;
+  * bytesep's model (``resunet_jax.testing.bytesep_reference``) in eval mode under
+    ``torch.no_grad``, when torch, torchlibrosa and bytesep import.
+Weights are random: speed does not depend on them. Prints a table and the ratio bytesep / ours
+(ours = the faster backend).
 """
 import argparse
 import os
@@ -30,7 +32,7 @@ def _pqmf_dir():
   return os.path.join(path, "data", "pqmf")
 
 
-def worker_jax(arch, seconds, repeats):
+def worker_jax(arch, seconds, repeats, backend="xla"):
   from resunet_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.set_xla_cpu_flags()
   import jax  # pylint: disable=g-import-not-at-top
@@ -38,7 +40,7 @@ def worker_jax(arch, seconds, repeats):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from resunet_jax import models  # pylint: disable=g-import-not-at-top
 
-  model = models.build_model(arch)
+  model = models.build_model(arch, conv_backend=backend)
   variables = models.init_variables(model, jax.random.PRNGKey(0))
   length = int(seconds * SAMPLE_RATE)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((1, length, 2)) * 0.1, jnp.float32)
@@ -78,9 +80,10 @@ def worker_torch(arch, seconds, repeats):
   return {"seconds": statistics.median(times), "threads": torch.get_num_threads()}
 
 
-def _run_worker(kind, arch, args, preload):
+def _run_worker(kind, arch, args, preload, backend="xla"):
   return workers.run(__file__, ["--worker", kind, "--archs", arch, "--seconds", str(args.seconds),
-                                "--repeats", str(args.repeats)], tcmalloc=preload)
+                                "--repeats", str(args.repeats), "--backend", backend],
+                     tcmalloc=preload)
 
 
 def main():
@@ -90,12 +93,15 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--no_torch", action="store_true")
   parser.add_argument("--worker", choices=("jax", "torch"), default=None)
+  parser.add_argument("--backend", default="xla", help=argparse.SUPPRESS)
   args = parser.parse_args()
 
   if args.worker:
-    fn = worker_jax if args.worker == "jax" else worker_torch
     try:
-      result = fn(args.archs[0], args.seconds, args.repeats)
+      if args.worker == "jax":
+        result = worker_jax(args.archs[0], args.seconds, args.repeats, args.backend)
+      else:
+        result = worker_torch(args.archs[0], args.seconds, args.repeats)
     except Exception as e:  # pylint: disable=broad-except
       result = {"error": f"{type(e).__name__}: {e}"}
     workers.report(result)
@@ -105,23 +111,23 @@ def main():
   print(f"# {args.seconds:g} s stereo at 44.1 kHz, batch 1, median of {args.repeats} runs after "
         f"compile/warm-up; CPU cores: {os.cpu_count()}; tcmalloc: "
         f"{'yes' if have_tcmalloc else 'not installed (apt-get install libtcmalloc-minimal4)'}")
-  header = (f"{'model':26s} {'ours s':>8s} {'ours+tcm s':>10s} {'compile s':>9s} "
-            f"{'GFLOP/audio s':>13s} {'bytesep+tcm s':>13s} {'bytesep/ours':>12s}")
+  header = (f"{'model':26s} {'ours xla s':>10s} {'ours cpu s':>10s} {'compile s':>9s} "
+            f"{'GFLOP/audio s':>13s} {'bytesep s':>9s} {'bytesep/ours':>12s}")
   print(header)
   for arch in args.archs:
-    ours = _run_worker("jax", arch, args, preload=False)
-    ours_tc = _run_worker("jax", arch, args, preload=True) if have_tcmalloc else {}
+    xla = _run_worker("jax", arch, args, preload=have_tcmalloc, backend="xla")
+    cpu = _run_worker("jax", arch, args, preload=have_tcmalloc, backend="cpu")
     theirs = ({"error": "skipped"} if args.no_torch
               else _run_worker("torch", arch, args, preload=have_tcmalloc))
-    if "error" in ours:
-      print(f"{arch:26s} ours failed: {ours['error']}")
+    if "error" in xla or "error" in cpu:
+      print(f"{arch:26s} ours failed: {xla.get('error') or cpu.get('error')}")
       continue
-    best = min(ours["seconds"], ours_tc.get("seconds", float("inf")))
+    best = min(xla["seconds"], cpu["seconds"])
     t_torch = theirs.get("seconds")
     ratio = f"{t_torch / best:12.2f}" if t_torch else f"{'n/a':>12s}"
-    print(f"{arch:26s} {ours['seconds']:8.2f} {ours_tc.get('seconds', float('nan')):10.2f} "
-          f"{ours['compile_s']:9.1f} {ours['gflops_per_audio_s']:13.1f} "
-          f"{t_torch if t_torch else float('nan'):13.2f} {ratio}")
+    print(f"{arch:26s} {xla['seconds']:10.2f} {cpu['seconds']:10.2f} "
+          f"{cpu['compile_s']:9.1f} {xla['gflops_per_audio_s']:13.1f} "
+          f"{t_torch if t_torch else float('nan'):9.2f} {ratio}")
     if "error" in theirs:
       print(f"{'':26s} bytesep not timed: {theirs['error']}")
   sys.stdout.flush()

@@ -66,9 +66,9 @@ def worker_ours(arch, path, schemes):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import soundfile as sf  # pylint: disable=g-import-not-at-top
-  from resunet_jax import models  # pylint: disable=g-import-not-at-top
+  from resunet_jax import backends, models  # pylint: disable=g-import-not-at-top
   from resunet_jax import separate  # pylint: disable=g-import-not-at-top
-  model = models.build_model(arch)
+  model = models.build_model(arch, conv_backend=backends.resolve("auto"))  # as the CLI
   variables = models.init_variables(model, jax.random.key(0, impl="rbg"))
   audio_s = sf.info(path).frames / RATE
   out = {"audio_s": audio_s, "runs": {}}

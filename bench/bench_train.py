@@ -11,7 +11,7 @@ with tcmalloc preloaded when it exists (PyTorch's CPU allocator needs it; ``--ja
 measures ours without). Both sides get the same batch (tones in noise, seed 0).
 
   python bench/bench_train.py                        # all three models, batch 1, 3 s
-  python bench/bench_train.py --models=mobilenet_subbandtime --batch=2 --steps=5
+  python bench/bench_train.py --models=mobilenet_subbandtime --batch=2 --steps=5 --conv_backend=cpu
 
 Expected run time on 2 CPU cores: roughly 10-15 minutes (compiling the two ResUNet143 train steps
 takes a few minutes).
@@ -27,7 +27,7 @@ import workers  # bench/workers.py: this script's folder is first on sys.path
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 ARCHS = ("resunet143_ismir2021", "resunet143_subbandtime", "mobilenet_subbandtime")
-PQMF_DIR = os.path.join(REPO, "..", "shared", "data", "pqmf")
+PQMF_DIR = os.path.join(REPO, "..", "shared", "data", "pqmf")  # optional (bytesep_shim)
 
 
 def make_batch(batch, seconds, seed=0):
@@ -39,7 +39,7 @@ def make_batch(batch, seconds, seed=0):
   return inputs.RandomBatches(data, seed=seed, global_batch_size=batch).batch(0)
 
 
-def run_jax(arch, batch, seconds, steps, warmup, dtype="float32"):
+def run_jax(arch, batch, seconds, steps, warmup, dtype="float32", backend="xla"):
   sys.path.insert(0, REPO)
   from resunet_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.set_xla_cpu_flags()
@@ -54,7 +54,7 @@ def run_jax(arch, batch, seconds, steps, warmup, dtype="float32"):
       optimizer=dict(name="pytorch_amsgrad", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8,
                      weight_decay=0.0),
       schedule=dict(name="lambda_lr", warm_up_steps=1000, decay_steps=15000, decay_rate=0.9)))
-  model = models.build_model(arch, **({"dtype": jax.numpy.bfloat16} if dtype == "bfloat16" else {}))
+  model = models.build_model(arch, dtype=dtype, conv_backend=backend)
   tx = optim.make_optimizer(config)
   devices = jax.local_devices()
   devices = devices[:max(d for d in range(1, len(devices) + 1) if batch % d == 0)]
@@ -126,7 +126,8 @@ def run_torch(arch, batch, seconds, steps, warmup):
 
 def _child(args):
   if args.child == "jax":
-    result = run_jax(args.models, args.batch, args.seconds, args.steps, args.warmup, args.dtype)
+    result = run_jax(args.models, args.batch, args.seconds, args.steps, args.warmup, args.dtype,
+                     args.conv_backend)
   else:
     result = run_torch(args.models, args.batch, args.seconds, args.steps, args.warmup)
   workers.report(result)
@@ -138,7 +139,8 @@ def _spawn(side, arch, args, preload):
     env["CUDA_VISIBLE_DEVICES"] = ""  # PyTorch's side is the CPU one; so is ours unless asked
   return workers.run(__file__, [f"--child={side}", f"--models={arch}", f"--batch={args.batch}",
                                 f"--seconds={args.seconds}", f"--steps={args.steps}",
-                                f"--warmup={args.warmup}", f"--dtype={args.dtype}"],
+                                f"--warmup={args.warmup}", f"--dtype={args.dtype}",
+                                f"--conv_backend={args.conv_backend}"],
                      tcmalloc=preload, env=env)
 
 
@@ -155,6 +157,9 @@ def main():
                       help="gpu: our step on the GPUs (the PyTorch side stays on the CPU)")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                       help="our compute dtype (parameters stay float32)")
+  parser.add_argument("--conv_backend", choices=("xla", "cpu"), default="xla",
+                      help="our convolution backend (resunet_jax.backends; cpu: the MobileNet's "
+                           "depthwise convolutions as XLA:CPU runs them fastest)")
   parser.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
