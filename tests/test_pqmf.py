@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from parity_utils import shared_path
+import parity_utils as pu
 from resunet_jax import pqmf
 
 
@@ -56,7 +56,11 @@ def test_designed_bands_split_the_spectrum_in_quarters():
 
 
 def test_authors_filters_closed_forms_and_kernels():
-  f, h = pqmf.load_mat_filters(shared_path("data", "pqmf"))
+  # The authors' filters, from the frozen conv kernels every released subband checkpoint carries
+  # (tests/fixtures/parity/pqmf_frozen.npz; their .mat files are not redistributed here).
+  frozen = pu.pqmf_kernels()
+  f, h = pqmf.filters_from_kernels(frozen["pqmf.ana_conv_filter.weight"],
+                                   frozen["pqmf.syn_conv_filter.weight"])
   x = np.random.default_rng(5).standard_normal(1001)
   with jax.enable_x64(True):
     u = np.asarray(pqmf.analysis(jnp.asarray(x[None]), f))[0]
@@ -77,12 +81,7 @@ def test_authors_filters_closed_forms_and_kernels():
   np.testing.assert_allclose(y, want_y, atol=1e-12)
   # The authors' bank: ~103 dB round trip, zero delay.
   assert 100.0 <= _snr_db(x[:1000], y) <= 106.0
-  # Their checkpoints' frozen conv kernels are these filters.
-  frozen = np.load(shared_path("fixtures", "parity", "pqmf_frozen.npz"))
+  # kernels_from_filters inverts filters_from_kernels: the checkpoints' tensors come back.
   ana_w, syn_w = pqmf.kernels_from_filters(f, h)
   np.testing.assert_allclose(ana_w, frozen["pqmf.ana_conv_filter.weight"], atol=1e-7)
   np.testing.assert_allclose(syn_w, frozen["pqmf.syn_conv_filter.weight"], atol=1e-7)
-  f2, h2 = pqmf.filters_from_kernels(frozen["pqmf.ana_conv_filter.weight"],
-                                     frozen["pqmf.syn_conv_filter.weight"])
-  np.testing.assert_allclose(f2, f, atol=1e-6)
-  np.testing.assert_allclose(h2, h, atol=1e-6)
