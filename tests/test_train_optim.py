@@ -130,3 +130,55 @@ def test_unknown_optimizer_and_schedule_name_the_key():
   config.schedule.name = "cosine"
   with pytest.raises(ValueError, match="config.schedule.name"):
     optim.make_optimizer(config)
+
+
+def _short_config(name, **sched):
+  config = _config()
+  config.schedule = ml_collections.ConfigDict(dict(dict(
+      name=name, warm_up_steps=100, decay_steps=1100, decay_rate=0.9, end_factor=0.0), **sched))
+  return config
+
+
+# (update index, factor) of a 100-update warm-up and a decay to `end` at update 1100.
+@pytest.mark.parametrize("name,end,points", [
+    ("warmup_cosine", 0.0, [(0, 0.0), (50, 0.5), (100, 1.0), (350, 0.5 * (1 + np.cos(np.pi / 4))),
+                            (600, 0.5), (1100, 0.0), (5000, 0.0)]),
+    ("warmup_cosine", 0.1, [(100, 1.0), (600, 0.55), (1100, 0.1), (2000, 0.1)]),
+    ("warmup_linear", 0.0, [(0, 0.0), (100, 1.0), (350, 0.75), (600, 0.5), (1100, 0.0),
+                            (1200, 0.0)]),
+    ("warmup_linear", 0.2, [(600, 0.6), (1100, 0.2)]),
+])
+def test_warmup_decay_schedules(name, end, points):
+  schedule = optim.make_schedule(_short_config(name, end_factor=end))
+  for step, factor in points:
+    np.testing.assert_allclose(float(schedule(step)), 1e-3 * factor, rtol=1e-5, atol=1e-12,
+                               err_msg=f"{name} step {step}")
+  # Monotone after the warm-up, and jit-able with a traced step.
+  lrs = np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(100, 1300)))
+  assert np.all(np.diff(lrs) <= 1e-12)
+
+
+def test_warmup_decay_schedule_checks():
+  with pytest.raises(ValueError, match="decay_steps"):
+    optim.make_schedule(_short_config("warmup_cosine", decay_steps=100))(0)
+  with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
+    optim.make_schedule(_short_config("cosine"))
+  # end_factor is optional (default 0): a config without the key still works.
+  config = _short_config("warmup_linear")
+  del config.schedule["end_factor"]
+  np.testing.assert_allclose(float(optim.make_schedule(config)(1100)), 0.0, atol=1e-12)
+
+
+def test_training_config_check_knows_the_schedules():
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  from resunet_jax.training import loop  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  config.schedule.name = "warmup_cosine"
+  config.schedule.warm_up_steps, config.schedule.decay_steps = 10, 100
+  loop.check_config(config)
+  config.schedule.decay_steps = 10
+  with pytest.raises(ValueError, match=r"config.schedule.decay_steps: must be larger"):
+    loop.check_config(config)
+  config.schedule.name = "cosine"
+  with pytest.raises(ValueError, match=r"config.schedule.name: unknown schedule 'cosine'"):
+    loop.check_config(config)

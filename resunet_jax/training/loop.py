@@ -59,8 +59,13 @@ def check_config(config) -> None:
     fail("loss", f"unknown loss {config.loss!r}; expected one of {sorted(step_lib.LOSSES)}")
   if config.optimizer.name not in ("pytorch_amsgrad", "optax_amsgrad", "adam", "sgd"):
     fail("optimizer.name", f"unknown optimiser {config.optimizer.name!r}")
-  if config.schedule.name not in ("lambda_lr", "constant"):
-    fail("schedule.name", f"unknown schedule {config.schedule.name!r}")
+  if config.schedule.name not in optim.SCHEDULES:
+    fail("schedule.name", f"unknown schedule {config.schedule.name!r}; expected one of "
+         f"{optim.SCHEDULES}")
+  if (config.schedule.name.startswith("warmup_")
+      and not config.schedule.decay_steps > config.schedule.warm_up_steps):
+    fail("schedule.decay_steps", f"must be larger than schedule.warm_up_steps "
+         f"({config.schedule.warm_up_steps}), got {config.schedule.decay_steps}")
   if config.data.name not in ("musdb18", "random"):
     fail("data.name", f"{config.data.name!r} is not 'musdb18' or 'random'")
   if not config.data.segment_seconds > 0:

@@ -13,6 +13,14 @@ bias-corrected one) and divides that maximum by the *current* step's bias correc
 lr(n) = base_lr * factor(n) for the n-th update (n = 0, 1, ...), where
 factor(n) = n / warm_up_steps for n <= warm_up_steps, else decay_rate ** floor(n / decay_steps).
 So the very first update uses lr 0 (it still moves the Adam moments and the BN statistics).
+
+``warmup_cosine`` and ``warmup_linear`` are for short runs whose schedule should fit their length
+(e.g. ``configs/small.py``): the same linear warm-up, then a cosine (linear) decay from base_lr at
+update ``warm_up_steps`` to ``end_factor * base_lr`` at update ``decay_steps`` (held after it):
+
+  factor(n) = n / warm_up_steps                                          n <= warm_up_steps
+            = e + (1 - e) (1 + cos(pi p)) / 2     (cosine)   or   1 - (1 - e) p     (linear)
+  with p = min((n - warm_up_steps) / (decay_steps - warm_up_steps), 1),  e = end_factor.
 """
 from typing import NamedTuple, Union
 
@@ -39,6 +47,30 @@ def lambda_lr_schedule(learning_rate, warm_up_steps=1000, decay_steps=15000, dec
   def schedule(count):
     return learning_rate * lambda_lr_factor(count, warm_up_steps, decay_steps, decay_rate)
   return schedule
+
+
+DECAY_SHAPES = ("cosine", "linear")
+
+
+def warmup_decay_factor(step, warm_up_steps, decay_steps, end_factor=0.0, shape="cosine"):
+  """The ``warmup_cosine`` / ``warmup_linear`` factor of update ``step`` (see the module doc)."""
+  if shape not in DECAY_SHAPES:
+    raise ValueError(f"decay shape {shape!r}: expected one of {DECAY_SHAPES}")
+  if decay_steps <= warm_up_steps:
+    raise ValueError(f"decay_steps ({decay_steps}) must be larger than warm_up_steps "
+                     f"({warm_up_steps})")
+  step = jnp.asarray(step)
+  dtype = jnp.result_type(float)
+  n = step.astype(dtype)
+  progress = jnp.clip((n - warm_up_steps) / (decay_steps - warm_up_steps), 0.0, 1.0)
+  end = jnp.asarray(end_factor, dtype)
+  if shape == "cosine":
+    decay = end + (1 - end) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+  else:
+    decay = 1 - (1 - end) * progress
+  if warm_up_steps <= 0:
+    return decay
+  return jnp.where(step <= warm_up_steps, n / warm_up_steps, decay)
 
 
 class PyTorchAmsgradState(NamedTuple):
@@ -93,6 +125,9 @@ def pytorch_amsgrad(learning_rate: ScalarOrSchedule, b1=0.9, b2=0.999, eps=1e-8,
   return optax.chain(*parts)
 
 
+SCHEDULES = ("lambda_lr", "constant", "warmup_cosine", "warmup_linear")
+
+
 def make_schedule(config) -> optax.Schedule:
   """``config.schedule`` as an optax schedule of the update count (see the module doc)."""
   opt, sched = config.optimizer, config.schedule
@@ -101,8 +136,12 @@ def make_schedule(config) -> optax.Schedule:
                               sched.decay_rate)
   if sched.name == "constant":
     return optax.constant_schedule(opt.learning_rate)
-  raise ValueError(f"config.schedule.name: unknown schedule {sched.name!r}; expected "
-                   "'lambda_lr' or 'constant'")
+  if sched.name in ("warmup_cosine", "warmup_linear"):
+    shape = sched.name.split("_", 1)[1]
+    warm, decay, end = sched.warm_up_steps, sched.decay_steps, sched.get("end_factor", 0.0)
+    return lambda count: opt.learning_rate * warmup_decay_factor(count, warm, decay, end, shape)
+  raise ValueError(f"config.schedule.name: unknown schedule {sched.name!r}; expected one of "
+                   f"{SCHEDULES}")
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
