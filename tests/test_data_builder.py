@@ -11,7 +11,7 @@ import soundfile as sf
 import stempeg
 import tensorflow_datasets as tfds
 
-from data_fixtures import ffmpeg_decode_s16, mini  # pylint: disable=unused-import
+from data_fixtures import data_config, ffmpeg_decode_s16, mini  # pylint: disable=unused-import
 from resunet_jax import sources
 from resunet_jax.data import musdb18
 from resunet_jax.data import stems_io
@@ -240,3 +240,19 @@ def test_wav_folder_problems_name_the_file(tmp_path):
   (folder / "vocals.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
   with pytest.raises(stems_io.StemFileError, match=r"vocals\.wav: not a readable audio file"):
     stems_io.read_wav_folder(str(folder))
+
+
+def test_sliced_splits_hold_out_training_tracks(mini):
+  """A set whose names are not MUSDB18's puts every train/ track into "train": slices of it give a
+  validation split that is not the test set."""
+  from resunet_jax.data import heldout, prepare  # pylint: disable=g-import-not-at-top
+  builder = prepare.prepare(data_config(mini, "stem"))
+  train = [n for n, _, _ in musdb18.split_tracks(builder, "train")]
+  assert len(train) >= 2
+  head = [n for n, _, _ in musdb18.split_tracks(builder, "train[:-1]")]
+  tail = [n for n, _, _ in musdb18.split_tracks(builder, "train[-1:]")]
+  assert head + tail == train and len(tail) == 1
+  assert [n for n, _, _ in musdb18.split_tracks(builder, "train[:50%]")] == train[:len(train) // 2]
+  segments = heldout.validation_segments(data_config(mini, "stem"), split="train[-1:]",
+                                         num_segments=2, store=False)
+  assert set(segments["names"]) == set(tail)

@@ -21,10 +21,9 @@ from resunet_jax.data import stems_io
 
 
 def split_track_order(builder, split: str) -> List[Tuple[str, str, int]]:
-  """[(name, stored split, index in it)] in reading order: each stored part in name order."""
-  tracks = (builder.info.metadata or {}).get("tracks") or {}
-  parts = musdb18.tfds_split(split, builder.info.splits).split("+")
-  return [(n, p, i) for p in parts for i, n in enumerate(tracks.get(p, []))]
+  """[(name, stored split, index in it)] in reading order: each stored part in name order
+  (``musdb18.split_tracks``; slices such as "train[92:]" select tracks by index)."""
+  return musdb18.split_tracks(builder, split)
 
 
 def _read_tracks(builder, order: Sequence[Tuple[str, str, int]]) -> Iterator[dict]:

@@ -226,6 +226,26 @@ def tfds_split(split: str, available=None) -> str:
   return "+".join(p + sep + slice_ for p in parts)
 
 
+def split_tracks(builder, split: str) -> List[Tuple[str, str, int]]:
+  """[(track name, stored split, index in it)] of ``split`` in reading order.
+
+  ``split`` is a name of this project ("train_full") or any TFDS split expression over the stored
+  splits, slices included: "train[:92]", "train[92:]", "train[:90%]", "test[3:5]+validation". So
+  a set whose track names are not MUSDB18's (all of its train/ tracks land in "train") can still
+  hold out training tracks for validation: ``data.train_split="train[:92]"``,
+  ``data.validation_split="train[92:]"``.
+  """
+  tracks = (builder.info.metadata or {}).get("tracks") or {}
+  spec = tfds_split(split, builder.info.splits)
+  out = []
+  for part in tfds.core.ReadInstruction.from_spec(spec).to_absolute(builder.info.splits):
+    names = tracks.get(part.splitname, [])
+    lo = part.from_ or 0
+    hi = len(names) if part.to is None else part.to
+    out += [(names[i], part.splitname, i) for i in range(lo, hi)]
+  return out
+
+
 def get_builder(variant: str = "stem", *, data_dir: str = "") -> tfds.core.DatasetBuilder:
   """``tfds.builder("musdb18/<variant>")`` in ``data_dir`` ("" = TFDS default)."""
   return tfds.builder(f"musdb18/{variant}", data_dir=data_dir or None)

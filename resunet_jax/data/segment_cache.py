@@ -91,8 +91,7 @@ def _expected_names(builder, split: str) -> Optional[List[str]]:
   tracks = builder.info.metadata.get("tracks") if builder.info.metadata else None
   if not tracks:
     return None
-  parts = musdb18.tfds_split(split, builder.info.splits).split("+")
-  return [n for p in parts for n in tracks.get(p, [])]
+  return [name for name, _, _ in musdb18.split_tracks(builder, split)]
 
 
 def open_or_build(builder, split: str, cache_dir: str = "",
