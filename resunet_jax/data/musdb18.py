@@ -180,9 +180,12 @@ class Musdb18(tfds.core.GeneratorBasedBuilder):
     n_train, n_test = len(found["train"]), len(found["test"])
     if report["missing_train"] or report["missing_test"]:
       _log.warning(
-          "musdb18/%s: building %d of %d train and %d of %d test tracks from %s. Missing train: %s. "
-          "Missing test: %s.", variant, n_train, tracklists.NUM_TRAIN, n_test, tracklists.NUM_TEST,
-          manual_dir, _short_list(report["missing_train"]), _short_list(report["missing_test"]))
+          "musdb18/%s: building %d train and %d test tracks from %s; %d of MUSDB18's %d train and "
+          "%d of its %d test tracks are among them. Missing train: %s. Missing test: %s.", variant,
+          n_train, n_test, manual_dir, tracklists.NUM_TRAIN - len(report["missing_train"]),
+          tracklists.NUM_TRAIN, tracklists.NUM_TEST - len(report["missing_test"]),
+          tracklists.NUM_TEST, _short_list(report["missing_train"]),
+          _short_list(report["missing_test"]))
     if report["misplaced"]:
       _log.warning("musdb18: tracks in the other subset's folder than in the release: %s",
                    _short_list(report["misplaced"]))
