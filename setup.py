@@ -32,9 +32,19 @@ EXTRAS = {
     # torch is the only extra needed to read .pth; bytesep itself must be installed with
     # `pip install --no-deps bytesep` (its 2021 pins do not resolve today).
     "torch": ["torch>=2.1"],
-    "test": ["pytest>=8", "pytest-timeout>=2.2"],
+    # gs:// work directories, model directories, TFDS data and evaluation outputs: Orbax needs
+    # google-cloud-storage at run time for gs:// (bucket lookups when it lists and deletes steps).
+    "gcs": ["google-cloud-storage>=2.18"],
+    "test": [
+        "pytest>=8",
+        "pytest-timeout>=2.2",
+        # tests/remote_storage.py: a local GCS emulator for the gs:// tests (pinned: the tests
+        # extend its request handler) and the throw-away CA of its TLS proxy.
+        "gcp-storage-emulator==2026.7.19",
+        "cryptography>=41",
+    ],
 }
-EXTRAS["dev"] = EXTRAS["test"] + EXTRAS["torch"] + ["torchlibrosa>=0.1.0"]
+EXTRAS["dev"] = EXTRAS["test"] + EXTRAS["torch"] + EXTRAS["gcs"] + ["torchlibrosa>=0.1.0"]
 
 setup(
     name="resunet_jax",

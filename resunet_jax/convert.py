@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from resunet_jax import checkpoint
+from resunet_jax import fileutil
 from resunet_jax import models
 from resunet_jax import pqmf
 from resunet_jax import sources as sources_lib
@@ -395,7 +396,8 @@ def main(argv=None):
       prog="python -m resunet_jax.convert",
       description="Convert a bytesep (PyTorch) checkpoint into a resunet_jax model directory.")
   parser.add_argument("input", help="bytesep .pth file (needs torch) or .npz state dict")
-  parser.add_argument("out_dir", help="model directory to write (must not exist, see --force)")
+  parser.add_argument("out_dir", help="model directory to write, a local path or gs:// URL (must "
+                      "not exist, see --force)")
   parser.add_argument("--arch", choices=sorted(models.ARCHITECTURES), default=None,
                       help="architecture (default: detected from the keys)")
   parser.add_argument("--sources", default=None,
@@ -409,6 +411,11 @@ def main(argv=None):
   parser.add_argument("--force", action="store_true", help="replace an existing out_dir")
   args = parser.parse_args(argv)
 
+  try:
+    fileutil.check_location(args.out_dir, "out_dir")  # before any work
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   filters = pqmf.load_mat_filters(args.pqmf_dir) if args.pqmf_dir else None
   try:
     state, step = read_state_dict(args.input)

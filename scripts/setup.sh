@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian/Ubuntu machine (run as root, or with sudo available) for resunet_jax:
-# system packages, then the package itself with its test and PyTorch extras.
+# system packages, then the package itself with its test, PyTorch and gs:// (gcs) extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +22,7 @@ python -m pip install -q --upgrade pip
 # pip from pulling a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0" || python -m pip install -q torch \
   --index-url https://download.pytorch.org/whl/cpu
-python -m pip install -q -e ".[test,torch]"
+python -m pip install -q -e ".[test,torch,gcs]"
 # The authors' PyTorch code as the parity reference (resunet_jax/testing/bytesep_reference.py;
 # tests/test_parity.py, tests/test_step_parity.py, scripts/make_parity_fixtures.py, bench/).
 # bytesep 0.1.1 pins torch 1.7.1, librosa 0.8.0, ... which no longer resolve: install it without

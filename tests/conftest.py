@@ -9,7 +9,14 @@ import sys
 
 import pytest
 
-from resunet_jax import runtime
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import remote_storage  # noqa: E402
+
+# Before anything imports google-auth or TensorFlow: no credential search, no metadata server
+# (tests never contact Google Cloud; the gs:// tests use a local emulator, tests/remote_storage.py).
+remote_storage.set_safety_env()
+
+from resunet_jax import runtime  # noqa: E402
 
 runtime.set_xla_cpu_flags()  # as the command-line tools do, before JAX starts
 import jax
@@ -18,8 +25,6 @@ jax.config.update("jax_num_cpu_devices", 8)
 # TensorFlow (tf.data) must never take an accelerator from JAX.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_configure(config):

@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 
+from resunet_jax import fileutil
 from resunet_jax import sources
 from resunet_jax.evaluation import oracle
 from resunet_jax.evaluation import results
@@ -38,7 +39,8 @@ def evaluate(tracks, eval_dir, *, separator=None, oracles=(), oracle_targets=sou
 
   Args:
     tracks: a track source (:class:`track_sources.MusdbTracks`, ``InMemoryTracks``).
-    eval_dir: output folder (see :mod:`resunet_jax.evaluation`); reruns resume in it.
+    eval_dir: output folder, a local path or a gs:// URL (see :mod:`resunet_jax.evaluation`);
+      reruns resume in it.
     separator: a ``separate.SongSeparator`` (method "model"), or None.
     oracles: oracle kinds to score (methods "oracle_<kind>") on ``oracle_targets``.
     protocols: any of ``scoring.PROTOCOLS``.
@@ -49,7 +51,8 @@ def evaluate(tracks, eval_dir, *, separator=None, oracles=(), oracle_targets=sou
       rerun in the same eval_dir must agree with what it holds for the same method (protocols,
       workers and progress may change; new methods are added).
   """
-  eval_dir = os.path.abspath(eval_dir)
+  fileutil.check_location(eval_dir, "eval_dir")
+  eval_dir = str(fileutil.as_path(eval_dir))
   protocols = list(protocols)
   methods = {}
   if separator is not None:
@@ -76,7 +79,7 @@ def evaluate(tracks, eval_dir, *, separator=None, oracles=(), oracle_targets=sou
     for m in methods:
       for p in protocols:
         path = results.track_json_path(eval_dir, m, p, split, n)
-        if not os.path.exists(path):
+        if not fileutil.as_path(path).exists():
           todo.setdefault(n, {}).setdefault(m, []).append((p, path))
   pending_names = [n for n in names if n in todo]
   if log:
@@ -94,7 +97,7 @@ def evaluate(tracks, eval_dir, *, separator=None, oracles=(), oracle_targets=sou
     import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm.tqdm(total=sum(len(todo[n]) for n in pending_names), desc="scoring",
                     unit="track")
-  stats_dir = os.path.join(eval_dir, "oracle_stats", split)
+  stats_dir = fileutil.join(eval_dir, "oracle_stats", split)
 
   def finished(result):
     name, by_protocol = result
@@ -120,8 +123,8 @@ def evaluate(tracks, eval_dir, *, separator=None, oracles=(), oracle_targets=sou
         else:
           estimates, above_one = oracle.oracle_estimates(mixture, track["stems"], methods[method],
                                                          method[len("oracle_"):])
-          stats_path = os.path.join(stats_dir, results.safe_name(name) + ".json")
-          if not os.path.exists(stats_path):
+          stats_path = fileutil.join(stats_dir, results.safe_name(name) + ".json")
+          if not fileutil.as_path(stats_path).exists():
             results.write_text(stats_path,
                                json.dumps({"irm_above_one": above_one}, indent=2) + "\n")
         if save_estimates:
@@ -140,7 +143,7 @@ def evaluate(tracks, eval_dir, *, separator=None, oracles=(), oracle_targets=sou
       bar.close()
 
   missing = [n for n in names
-             if any(not os.path.exists(results.track_json_path(eval_dir, m, p, split, n))
+             if any(not fileutil.as_path(results.track_json_path(eval_dir, m, p, split, n)).exists()
                     for m in methods for p in protocols)]
   if missing:
     raise RuntimeError(f"tracks {missing} were not scored (not delivered by the track source)")
@@ -155,6 +158,7 @@ def evaluate_checkpoint(checkpoint_path=None, data_config=None, *, eval_dir=None
                         log=print) -> dict:
   """``eval.py``'s work: a model directory or training workdir (and/or oracles) on a MUSDB18 split.
 
+  ``checkpoint_path`` and ``eval_dir`` may be local paths or gs:// URLs.
   ``data_config``: the data config (``config.data`` of a training config); None = the default
   one (the built-in data unless manual_dir is set). The default chunking is the authors' (30 s
   chunks, 15 s hop), as in their evaluation. eval_dir defaults to <checkpoint>/eval/<split>
@@ -163,14 +167,17 @@ def evaluate_checkpoint(checkpoint_path=None, data_config=None, *, eval_dir=None
   """
   from resunet_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from resunet_jax import separate  # pylint: disable=g-import-not-at-top
+  fileutil.check_location(checkpoint_path, "checkpoint")
+  fileutil.check_location(eval_dir, "eval_dir")
   if data_config is None:
     from resunet_jax.data import recipes  # pylint: disable=g-import-not-at-top
     data_config = recipes.default_data_config()
+  fileutil.check_location(data_config.get("data_dir"), "data.data_dir")
   tracks = track_sources.MusdbTracks(data_config, split, num_tracks=num_tracks,
                                      track_names=track_names)
   settings, separator = {}, None
   if checkpoint_path:
-    checkpoint_path = os.path.abspath(os.path.expanduser(checkpoint_path))
+    checkpoint_path = str(fileutil.as_path(checkpoint_path))
     model, variables, desc = checkpoint.load_model(checkpoint_path, conv_backend=conv_backend)
     separator = separate.SongSeparator.from_model(
         model, variables, desc["sources"], scheme=scheme, chunk_seconds=chunk_seconds,
@@ -183,8 +190,8 @@ def evaluate_checkpoint(checkpoint_path=None, data_config=None, *, eval_dir=None
                                       "batch_size": batch_size}}
     if eval_dir is None:
       step = (desc.get("metadata") or {}).get("step")  # set for training work directories
-      eval_dir = os.path.join(checkpoint_path, "eval",
-                              *([f"step_{step}"] if step is not None else []), tracks.split)
+      eval_dir = fileutil.join(checkpoint_path, "eval",
+                               *([f"step_{step}"] if step is not None else []), tracks.split)
   elif not oracles:
     raise ValueError("give a checkpoint (model directory or training workdir) and/or oracles")
   if eval_dir is None:

@@ -2,11 +2,15 @@
 
 The layout under ``eval_dir`` is described in :mod:`resunet_jax.evaluation`. Every file is written
 atomically (:mod:`resunet_jax.fileutil`), so an interrupted evaluation leaves only whole files.
+``eval_dir`` may be a local folder or a gs:// URL (every path here goes through ``fileutil``).
 """
 import csv
 import hashlib
+import io
 import json
 import os
+import shutil
+import tempfile
 import warnings
 from typing import Dict
 
@@ -18,8 +22,19 @@ from resunet_jax.evaluation import scoring
 
 
 def write_text(path, text):
-  with fileutil.atomic_text_file(path) as f:
-    f.write(text)
+  fileutil.write_text_atomic(path, text)
+
+
+def _exists(path) -> bool:
+  return fileutil.as_path(path).exists()
+
+
+def _read_text(path) -> str:
+  return fileutil.as_path(path).read_text()
+
+
+def _is_dir(path) -> bool:
+  return fileutil.as_path(path).is_dir()
 
 
 def safe_name(name):
@@ -27,13 +42,12 @@ def safe_name(name):
 
 
 def track_json_path(eval_dir, method, protocol, split, name):
-  return os.path.join(eval_dir, method, protocol, split, safe_name(name) + ".json")
+  return fileutil.join(eval_dir, method, protocol, split, safe_name(name) + ".json")
 
 
 def read_track_medians(path) -> Dict[str, Dict[str, float]]:
   """{target: {metric: median over windows (NaN ignored)}} from a museval per-track JSON."""
-  with open(path) as f:
-    data = json.load(f)  # museval writes NaN as the bare token NaN, which json reads
+  data = json.loads(_read_text(path))  # museval writes NaN as the bare token NaN, which json reads
   out = {}
   for target in data["targets"]:
     out[target["name"]] = {}
@@ -51,7 +65,7 @@ def aggregate(eval_dir, method, protocol, split, names) -> dict:
   per_track = {}
   for name in names:
     path = track_json_path(eval_dir, method, protocol, split, name)
-    if os.path.exists(path):
+    if _exists(path):
       per_track[name] = read_track_medians(path)
   targets = [t for t in sources.TARGETS if any(t in v for v in per_track.values())]
   summary = {}
@@ -66,10 +80,11 @@ def aggregate(eval_dir, method, protocol, split, names) -> dict:
 
 
 def write_csv(path, header, rows):
-  with fileutil.atomic_text_file(path, newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(header)
-    writer.writerows(rows)
+  text = io.StringIO(newline="")
+  writer = csv.writer(text)
+  writer.writerow(header)
+  writer.writerows(rows)
+  write_text(path, text.getvalue())
 
 
 def format_table(summary) -> str:
@@ -116,13 +131,13 @@ def check_settings(eval_dir, common, per_method):
   ``common``: settings of the whole directory (data, windows); ``per_method``: {method: settings}.
   New methods are added to the record.
   """
-  path = os.path.join(eval_dir, "settings.json")
+  path = fileutil.join(eval_dir, "settings.json")
   normal = lambda x: json.loads(json.dumps(x))  # tuples -> lists, as read back
   common, per_method = normal(common), normal(per_method)
   record = {"common": common, "methods": {}}
-  if os.path.exists(path):
-    with open(path) as f:
-      record = json.load(f)
+  exists = _exists(path)
+  if exists:
+    record = json.loads(_read_text(path))
     problems = [] if record["common"] == common else [("settings", record["common"], common)]
     problems += [(m, record["methods"][m], v) for m, v in per_method.items()
                  if m in record["methods"] and record["methods"][m] != v]
@@ -130,30 +145,41 @@ def check_settings(eval_dir, common, per_method):
       details = "; ".join(f"{what}: {old!r} then, {new!r} now" for what, old, new in problems)
       raise ValueError(f"{eval_dir} holds results of a different evaluation ({details}); use "
                        "another eval_dir (or delete it) to start over")
-  if any(m not in record["methods"] for m in per_method) or not os.path.exists(path):
+  if any(m not in record["methods"] for m in per_method) or not exists:
     record["methods"].update(per_method)
     write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def save_estimates(eval_dir, method, name, estimates):
+  """Float wavs; to a URL through a local temporary file (one upload: a whole object)."""
   from resunet_jax import audio  # pylint: disable=g-import-not-at-top
-  folder = os.path.join(eval_dir, method, "estimates", safe_name(name))
-  os.makedirs(folder, exist_ok=True)
-  for t, y in estimates.items():
-    with audio.AtomicAudioWriter(os.path.join(folder, t + ".wav"), sources.SAMPLE_RATE,
-                                 y.shape[1], subtype="FLOAT", overwrite=True) as w:
-      w.write(y)
-      w.commit()
+  folder = fileutil.join(eval_dir, method, "estimates", safe_name(name))
+  remote = fileutil.is_url(folder)
+  local = tempfile.mkdtemp(prefix="estimates-") if remote else folder
+  try:
+    os.makedirs(local, exist_ok=True)
+    for t, y in estimates.items():
+      with audio.AtomicAudioWriter(os.path.join(local, t + ".wav"), sources.SAMPLE_RATE,
+                                   y.shape[1], subtype="FLOAT", overwrite=True) as w:
+        w.write(y)
+        w.commit()
+      if remote:
+        target = fileutil.as_path(folder) / (t + ".wav")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fileutil.as_path(os.path.join(local, t + ".wav")).copy(target, overwrite=True)
+  finally:
+    if remote:
+      shutil.rmtree(local, ignore_errors=True)
 
 
 def scored_methods(eval_dir, split):
   """{method: [protocols]} with per-track files for ``split`` in eval_dir (this run's or earlier)."""
   found = {}
-  for method in sorted(os.listdir(eval_dir)):
+  for method in sorted(p.name for p in fileutil.as_path(eval_dir).iterdir()):
     if method != "model" and not method.startswith("oracle_"):
       continue
     protocols = [p for p in scoring.PROTOCOLS
-                 if os.path.isdir(os.path.join(eval_dir, method, p, split))]
+                 if _is_dir(fileutil.join(eval_dir, method, p, split))]
     if protocols:
       found[method] = protocols
   return found
@@ -168,26 +194,25 @@ def write_summary(eval_dir, split, names, log=print) -> dict:
     for protocol in protocols:
       agg = aggregate(eval_dir, method, protocol, split, names)
       summary[method][protocol] = agg
-      write_csv(os.path.join(eval_dir, method, protocol, "tracks.csv"),
+      write_csv(fileutil.join(eval_dir, method, protocol, "tracks.csv"),
                  ["track", "target"] + list(scoring.METRICS),
                  [[n, t] + [f"{v[m]:.5f}" for m in scoring.METRICS]
                   for n, by_t in agg["tracks"].items() for t, v in by_t.items()])
       for t, v in agg["targets"].items():
         rows.append([method, protocol, t, v["tracks"]] + [f"{v[m]:.5f}" for m in scoring.METRICS])
-  write_csv(os.path.join(eval_dir, "summary.csv"),
+  write_csv(fileutil.join(eval_dir, "summary.csv"),
              ["method", "protocol", "target", "tracks"] + list(scoring.METRICS), rows)
   out = {m: {p: summary[m][p]["targets"] for p in summary[m]} for m in summary}
-  stats_dir = os.path.join(eval_dir, "oracle_stats", split)
-  if any(m.startswith("oracle_") for m in methods) and os.path.isdir(stats_dir):
+  stats_dir = fileutil.join(eval_dir, "oracle_stats", split)
+  if any(m.startswith("oracle_") for m in methods) and _is_dir(stats_dir):
     fractions = {}
     for n in names:
-      path = os.path.join(stats_dir, safe_name(n) + ".json")
-      if os.path.exists(path):
-        with open(path) as f:
-          for t, v in json.load(f)["irm_above_one"].items():
-            fractions.setdefault(t, []).append(v)
+      path = fileutil.join(stats_dir, safe_name(n) + ".json")
+      if _exists(path):
+        for t, v in json.loads(_read_text(path))["irm_above_one"].items():
+          fractions.setdefault(t, []).append(v)
     out["irm_above_one_mean_over_tracks"] = {t: float(np.mean(v)) for t, v in fractions.items()}
-  write_text(os.path.join(eval_dir, "summary.json"),
+  write_text(fileutil.join(eval_dir, "summary.json"),
                 json.dumps(out, indent=2, sort_keys=True, allow_nan=True) + "\n")
   if log:
     log(format_table(summary))
