@@ -26,6 +26,7 @@ Run as a script, this file is that child: ``python remote_storage.py --bucket B 
 prints one JSON line ({"endpoint", "proxy", "ca"}) when ready, serves until its stdin closes,
 then prints {"refused": [...]}.
 """
+import atexit
 import contextlib
 import datetime
 import functools
@@ -34,6 +35,7 @@ import json
 import os
 import re
 import select
+import shutil
 import socket
 import socketserver
 import ssl
@@ -85,7 +87,9 @@ def _restore(previous: dict) -> None:
 
 
 def set_safety_env() -> None:
-  _apply(safety_env(tempfile.mkdtemp(prefix="no-gcloud-config-")))
+  config_dir = tempfile.mkdtemp(prefix="no-gcloud-config-")  # empty: no gcloud credentials
+  atexit.register(shutil.rmtree, config_dir, ignore_errors=True)
+  _apply(safety_env(config_dir))
 
 
 # ------------------------------------------------------------------------------------------------
