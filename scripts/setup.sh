@@ -9,9 +9,6 @@ if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; f
 need=()
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)  # stempeg/museval decode .stem.mp4 with it
 [ -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 ] || need+=(libtcmalloc-minimal4)
-# A C++ compiler builds the CPU kernel for convolution weight gradients on first use
-# (resunet_jax/cpu_kernels.py); without one the slower XLA path is used.
-command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || need+=(g++)
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"

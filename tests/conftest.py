@@ -1,8 +1,9 @@
 """Shared test set-up.
 
 Every test session runs JAX on 8 fake CPU devices (the data-parallel and multi-process tests need
-several; single-device tests simply use the first). Tests that need the authors' data read it from
-../shared (or $RESUNET_SHARED) and skip with the reason when it is absent.
+several; single-device tests simply use the first), with the XLA:CPU flags the command-line tools
+set. Everything a test needs is in the repository (the parity fixtures in tests/fixtures) or made by
+the test; nothing reads ../shared.
 """
 import os
 import sys
