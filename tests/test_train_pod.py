@@ -192,3 +192,18 @@ def test_a_profiler_trace_on_request(tmp_path, training_compilation_cache):
   traces = [os.path.join(root, f) for root, _, files in os.walk(workdir) for f in files
             if f.endswith(".xplane.pb")]
   assert traces, sorted(os.listdir(workdir))
+
+
+def test_log_dir_keeps_every_log_line_including_orbax_info(tmp_path, training_compilation_cache):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO)
+  proc = subprocess.run(
+      [sys.executable, "train.py", "--config=configs/smoke.py", f"--workdir={tmp_path / 'run'}",
+       "--config.data.name=random", "--config.model.levels=1", "--config.num_train_steps=1",
+       f"--config.compilation_cache_dir={training_compilation_cache}",
+       f"--log_dir={tmp_path / 'logs'}"], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  text = (tmp_path / "logs" / "resunet_train.INFO").read_text()
+  assert "orbax-checkpoint version" in text and "step 1/1" in text
+  assert "step 1/1" in proc.stderr  # and still on the console

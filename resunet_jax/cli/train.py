@@ -102,6 +102,12 @@ def main(argv):
   from resunet_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   from resunet_jax.training import distributed  # pylint: disable=g-import-not-at-top
   from resunet_jax.training import loop  # pylint: disable=g-import-not-at-top
+  if FLAGS.log_dir:
+    # Every log line (Orbax's INFO messages included) into a file per process in --log_dir
+    # (absl's flag; a local folder), and still to the console.
+    os.makedirs(FLAGS.log_dir, exist_ok=True)
+    logging.get_absl_handler().use_absl_log_file("resunet_train", FLAGS.log_dir)
+    logging.set_stderrthreshold("info")
   distributed.maybe_initialize(FLAGS.distributed)
   try:
     loop.train_and_evaluate(FLAGS.config, FLAGS.workdir, init_from=FLAGS.init_from,
