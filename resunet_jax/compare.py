@@ -195,6 +195,36 @@ def _pick_split(splits, split, what):
   return None
 
 
+def _pick_folder(parent, split, what):
+  """(folder, split) of an evaluation under ``parent`` (``eval/step_<n>/`` or ``eval/``).
+
+  The split is read from each folder's contents, not from its name (``eval.py --eval_dir`` may
+  name the folder anything); None when no folder holds the requested split."""
+  held = {name: _eval_splits(os.path.join(parent, name)) for name in _listdir(parent)
+          if is_eval_dir(os.path.join(parent, name))}
+  if split is not None:
+    names = [n for n, splits in held.items() if split in splits]
+  else:
+    names = list(held)
+  if not names:
+    return None, None
+  if len(names) > 1:  # several folders: the one named after the split, else ask
+    wanted = split if split is not None else "test"
+    named = [n for n in names if n == wanted]
+    if not named:
+      raise CompareError(f"{what} holds several evaluations ({', '.join(sorted(names))}); "
+                         "choose one with --split, or give the evaluation folder itself")
+    names = named
+  name = names[0]
+  chosen = _pick_split(held[name], split, f"{what} {name}")
+  return os.path.join(parent, name), chosen or split or name
+
+
+def _folder_splits(parent):
+  return sorted({s for name in _listdir(parent) if is_eval_dir(os.path.join(parent, name))
+                 for s in _eval_splits(os.path.join(parent, name))})
+
+
 def _steps(eval_root):
   return sorted(int(m.group(1)) for m in map(_STEP_DIR.match, _listdir(eval_root)) if m)
 
@@ -239,7 +269,7 @@ def resolve_run(path, split=None, step=None) -> Run:
           f"{given}: a training work directory without evaluations (no eval/step_<n>/<split>); "
           f"run `python eval.py --workdir={given} --config=...` first")
     candidates = [s for s in steps
-                  if split is None or is_eval_dir(os.path.join(eval_root, f"step_{s}", split))]
+                  if split is None or split in _folder_splits(os.path.join(eval_root, f"step_{s}"))]
     if step is not None:
       if step not in steps:
         raise CompareError(f"{given}: no evaluation of step {step} (evaluated steps: "
@@ -251,23 +281,22 @@ def resolve_run(path, split=None, step=None) -> Run:
     else:
       chosen_step = candidates[-1]
     step_dir = os.path.join(eval_root, f"step_{chosen_step}")
-    splits = [s for s in _listdir(step_dir) if is_eval_dir(os.path.join(step_dir, s))]
-    chosen = _pick_split(splits, split, f"{given} step {chosen_step}")
-    if chosen is None:
+    folder, chosen = _pick_folder(step_dir, split, f"{given} step {chosen_step}")
+    if folder is None:
       raise CompareError(f"{given}: step {chosen_step} has no evaluation of split {split!r} "
-                         f"(it has: {', '.join(splits) or 'none'})")
+                         f"(it has: {', '.join(_folder_splits(step_dir)) or 'none'})")
     note = (f"step {chosen_step}" + (" as requested" if step is not None else
                                       f", the newest evaluated of {len(steps)}"
                                       if len(steps) > 1 else ", the only one evaluated"))
-    return Run(given, "", os.path.join(step_dir, chosen), chosen, workdir=path,
+    return Run(given, "", folder, chosen, workdir=path,
                step=chosen_step, steps_available=steps, step_note=note)
-  splits = [s for s in _listdir(eval_root) if is_eval_dir(os.path.join(eval_root, s))]
+  splits = _folder_splits(eval_root)
   if splits:  # a model directory: <checkpoint>/eval/<split>
-    chosen = _pick_split(splits, split, given)
-    if chosen is None:
+    folder, chosen = _pick_folder(eval_root, split, given)
+    if folder is None:
       raise CompareError(f"{given}: no evaluation of split {split!r} in eval/ (it has: "
                          f"{', '.join(splits)})")
-    return Run(given, "", os.path.join(eval_root, chosen), chosen)
+    return Run(given, "", folder, chosen)
   raise CompareError(
       f"{given}: neither an evaluation folder (eval.py --eval_dir: <method>/<protocol>/<split>/"
       "*.json, settings.json) nor a training work directory (eval/step_<n>/<split>) nor a model "

@@ -227,6 +227,21 @@ def test_work_directories_newest_step_and_learning_curves(workdirs, tmp_path):
   assert "2,run2,val/sdr_vocals,30,6.0" in lines
 
 
+def test_evaluation_folders_named_freely_are_found_by_their_contents(tmp_path):
+  # eval.py --eval_dir=<workdir>/eval/step_<n>/<any name>: the split is the one scored inside.
+  w1 = tmp_path / "run1"
+  os.makedirs(w1 / "checkpoints")
+  write_eval(w1 / "eval" / "step_5" / "first20", run_values(A_VOCALS))
+  c = compare.compare_runs([str(w1), str(w1)], n_resamples=10)
+  assert c.split == "test" and c.runs[0].eval_dir.endswith(os.path.join("step_5", "first20"))
+  assert compare.compare_runs([str(w1), str(w1)], split="test", n_resamples=10).runs[0].step == 5
+  with pytest.raises(compare.CompareError, match="no evaluation of split 'train'"):
+    compare.compare_runs([str(w1), str(w1)], split="train")
+  write_eval(w1 / "eval" / "step_5" / "other", run_values(A_VOCALS))
+  with pytest.raises(compare.CompareError, match="several evaluations .*first20, other"):
+    compare.compare_runs([str(w1), str(w1)])
+
+
 def test_tf1_simple_values_are_read(tmp_path):
   from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
   from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
