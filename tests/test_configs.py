@@ -62,3 +62,17 @@ def test_the_model_rejects_bad_fields_naming_them(overrides, message):
     config.model[key] = overrides[key]
     with pytest.raises(ValueError, match=rf"config\.model\.{key}: "):
       loop.check_config(config)
+
+
+def test_small_schedule_fits_its_own_length():
+  # The quick-start config decays to its end at its last update: a schedule longer than the run
+  # would end it at a high learning rate, a shorter one would idle at the end factor.
+  from configs import small  # pylint: disable=g-import-not-at-top
+  from resunet_jax.training import optim  # pylint: disable=g-import-not-at-top
+  config = small.get_config()
+  assert config.schedule.decay_steps == config.num_train_steps
+  schedule = optim.make_schedule(config)
+  lr = config.optimizer.learning_rate
+  assert float(schedule(config.schedule.warm_up_steps)) == pytest.approx(lr)
+  assert float(schedule(config.num_train_steps // 2)) > 0.4 * lr
+  assert float(schedule(config.num_train_steps)) == pytest.approx(lr * config.schedule.end_factor)
