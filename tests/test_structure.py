@@ -1,4 +1,4 @@
-"""The package's layout: no import circles between resunet_jax modules.
+"""The package's layout: no import circles between resunet_jax modules, no import-time side effects.
 
 Every module is parsed (not imported) and every import statement counts, wherever it is: at the
 top, inside a function (the lazy imports), under ``if __name__ == "__main__"``. An import names the
@@ -10,12 +10,16 @@ as an import of its package (otherwise every package whose ``__init__`` re-expor
 would be a circle).
 """
 import ast
+import json
 import os
+import subprocess
+import sys
 from typing import Dict, List, Tuple
 
 import resunet_jax
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(resunet_jax.__file__))
+REPO = os.path.dirname(PACKAGE_DIR)
 
 Edges = Dict[str, Dict[str, str]]  # module -> {imported module: "file:line" of the first import}
 
@@ -153,3 +157,20 @@ def test_the_graph_sees_relative_lazy_and_from_imports(tmp_path):
   assert sorted(map(tuple, cycles(edges))) == [("pkg", "pkg.a", "pkg.sub.b", "pkg.c", "pkg")]
   (pkg / "c.py").write_text("import os\n")
   assert cycles(import_graph(str(pkg), "pkg")) == []
+
+
+def test_importing_the_package_changes_no_environment_variable():
+  # No import-time XLA_FLAGS (or any other variable): the entry points set their flags themselves.
+  code = (
+      "import os, json\n"
+      "before = dict(os.environ)\n"
+      "import resunet_jax, resunet_jax.models, resunet_jax.masks, resunet_jax.backends\n"
+      "import resunet_jax.separate, resunet_jax.evaluation, resunet_jax.compare\n"
+      "import resunet_jax.training.loop, resunet_jax.data.pipeline, resunet_jax.cli.train\n"
+      "after = dict(os.environ)\n"
+      "changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))\n"
+      "print(json.dumps(changed))\n")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True, cwd=REPO)
+  assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -20,10 +20,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from resunet_jax import backends
-from resunet_jax import runtime
 from resunet_jax.cli import program
-
-runtime.set_xla_cpu_flags()  # before JAX starts its CPU backend
 
 config_flags.DEFINE_config_file("config", None, "training config; its .data selects the data",
                                 lock_config=False)

@@ -11,6 +11,8 @@ import sys
 from absl import app
 from absl import flags
 
+from resunet_jax import runtime
+
 
 def config_root_on_path(argv):
   """Puts the folder above a ``--config=<folder>/<file>.py``'s folder on ``sys.path`` (appended,
@@ -23,7 +25,11 @@ def config_root_on_path(argv):
 
 
 def run(main, flags_module, doc, flags_parser=app.parse_flags_with_usage):
-  """``app.run(main)`` for a program whose flags ``flags_module`` (a module name) defines."""
+  """``app.run(main)`` for a program whose flags ``flags_module`` (a module name) defines.
+
+  Sets the XLA:CPU flags first (``runtime.set_xla_cpu_flags``, before JAX starts its CPU backend):
+  the programs set them when they run, importing their modules changes nothing."""
+  runtime.set_xla_cpu_flags()
   argv = sys.argv
   config_root_on_path(argv)
   for flag in flags.FLAGS.get_key_flags_for_module(flags_module):  # what --help lists

@@ -24,10 +24,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from resunet_jax import runtime
 from resunet_jax.cli import program
-
-runtime.set_xla_cpu_flags()  # before JAX starts its CPU backend
 
 FLAGS = flags.FLAGS
 
