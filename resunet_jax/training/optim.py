@@ -52,25 +52,22 @@ def lambda_lr_schedule(learning_rate, warm_up_steps=1000, decay_steps=15000, dec
 DECAY_SHAPES = ("cosine", "linear")
 
 
-def warmup_decay_factor(step, warm_up_steps, decay_steps, end_factor=0.0, shape="cosine"):
-  """The ``warmup_cosine`` / ``warmup_linear`` factor of update ``step`` (see the module doc)."""
+def warmup_decay_schedule(learning_rate, warm_up_steps, decay_steps, end_factor=0.0,
+                          shape="cosine") -> optax.Schedule:
+  """The ``warmup_cosine`` / ``warmup_linear`` schedule (see the module doc), from optax's own."""
   if shape not in DECAY_SHAPES:
     raise ValueError(f"decay shape {shape!r}: expected one of {DECAY_SHAPES}")
   if decay_steps <= warm_up_steps:
     raise ValueError(f"decay_steps ({decay_steps}) must be larger than warm_up_steps "
                      f"({warm_up_steps})")
-  step = jnp.asarray(step)
-  dtype = jnp.result_type(float)
-  n = step.astype(dtype)
-  progress = jnp.clip((n - warm_up_steps) / (decay_steps - warm_up_steps), 0.0, 1.0)
-  end = jnp.asarray(end_factor, dtype)
+  end_value = end_factor * learning_rate
   if shape == "cosine":
-    decay = end + (1 - end) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
-  else:
-    decay = 1 - (1 - end) * progress
-  if warm_up_steps <= 0:
-    return decay
-  return jnp.where(step <= warm_up_steps, n / warm_up_steps, decay)
+    return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warm_up_steps, decay_steps,
+                                              end_value=end_value)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, learning_rate, warm_up_steps),
+       optax.linear_schedule(learning_rate, end_value, decay_steps - warm_up_steps)],
+      [warm_up_steps])
 
 
 class PyTorchAmsgradState(NamedTuple):
@@ -138,8 +135,8 @@ def make_schedule(config) -> optax.Schedule:
     return optax.constant_schedule(opt.learning_rate)
   if sched.name in ("warmup_cosine", "warmup_linear"):
     shape = sched.name.split("_", 1)[1]
-    warm, decay, end = sched.warm_up_steps, sched.decay_steps, sched.get("end_factor", 0.0)
-    return lambda count: opt.learning_rate * warmup_decay_factor(count, warm, decay, end, shape)
+    return warmup_decay_schedule(opt.learning_rate, sched.warm_up_steps, sched.decay_steps,
+                                 sched.get("end_factor", 0.0), shape)
   raise ValueError(f"config.schedule.name: unknown schedule {sched.name!r}; expected one of "
                    f"{SCHEDULES}")
 
