@@ -33,6 +33,7 @@ from resunet_jax.training import distributed
 from resunet_jax.training import history
 from resunet_jax.training import inputs
 from resunet_jax.training import optim
+from resunet_jax.training import program as program_lib
 from resunet_jax.training import state as state_lib
 from resunet_jax.training import step as step_lib
 
@@ -96,9 +97,7 @@ def check_config(config) -> None:
     fail("validation", "num_segments must be >= 0 and batch_size >= 1")
 
 
-def build_model(config) -> models.Separator:
-  """The Separator of ``config.model``, one output per ``config.data.target_sources``."""
-  return models.build_model(num_sources=len(config.data.target_sources), **config.model)
+build_model = program_lib.build_model  # the Separator of config.model (train.py's model)
 
 
 def select_devices(config):
@@ -199,10 +198,9 @@ class Validator:
     self.sources = list(config.data.target_sources)
     data = inputs.validation_segments(config)
     self.mixture, self.targets = data["mixture"], data["targets"]
-    n_dev = mesh.devices.size
-    self.batch = int(math.ceil(min(config.validation.batch_size, len(self.mixture)) / n_dev)) * n_dev
-    window = int(round(config.validation.window_seconds * inputs.SAMPLE_RATE))
-    self.eval_step = step_lib.make_eval_step(mesh, model, window)
+    program = program_lib.eval_program(config, mesh, num_segments=len(self.mixture), model=model)
+    self.batch = program.batch_size
+    self.eval_step = program.eval_step
     self.audio_written = False
 
   def __call__(self, state):
@@ -385,9 +383,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   logging.info("Mesh: %d devices (%s) in %d process(es); per-device batch %d.", n_dev,
                jax.devices()[0].platform, process_count, config.global_batch_size // n_dev)
 
-  model = build_model(config)
-  tx = optim.make_optimizer(config)
-  lr_fn = optim.make_schedule(config)
+  program = program_lib.train_program(config, mesh)
+  model, tx = program.model, program.tx
   ckpts = checkpointing.TrainCheckpoints(workdir, keep=config.keep_checkpoints,
                                          keep_best=config.keep_best_checkpoint,
                                          asynchronous=config.async_checkpoints)
@@ -410,7 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
       logging.info("Model %s: %s trainable parameters.", config.model.arch,
                    f"{models.count_params(state.params):,}")
 
-    train_step = step_lib.make_train_step(mesh, model, tx, lr_fn, step_lib.LOSSES[config.loss])
+    train_step = program.train_step
     inputs.prepare(config)
     batches = inputs.train_batches(config, start_step=step, process_index=process_index,
                                    process_count=process_count)
