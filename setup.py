@@ -15,7 +15,7 @@ INSTALL_REQUIRES = [
     "ml-collections>=1.0",
     "clu>=0.0.12",
     "numpy>=1.26",
-    "scipy>=1.11",
+    "scipy>=1.15",  # resunet_jax.compare: scipy.stats.bootstrap(rng=...)
     "tensorflow-cpu>=2.18",  # tf.data and TFDS only; the model never runs in TF.
     "tensorflow-datasets>=4.9.6",
     "importlib_resources>=6",  # TFDS custom builders import it.
@@ -66,7 +66,7 @@ setup(
             "resunet-eval = resunet_jax.cli.evaluate:run",
             "resunet-separate = resunet_jax.cli.separate:main",
             "resunet-convert = resunet_jax.convert:main",
-            "resunet-compare = resunet_jax.compare:main",
+            "resunet-compare = resunet_jax.compare.cli:main",
             "resunet-build-data = resunet_jax.data.build:main",
         ],
     },
