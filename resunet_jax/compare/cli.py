@@ -2,12 +2,20 @@
 
   python -m resunet_jax.compare RUN_OR_EVAL_DIR RUN_OR_EVAL_DIR [...] [--out DIR]
   resunet-compare /tmp/run_a /tmp/run_b --method=model --protocol=authors
+  resunet-compare --group base=runs/a_s0,runs/a_s1 --group new=runs/b_s0,runs/b_s1
+
+A run whose folder holds ``replica_<k>`` folders (a replicated training run, an ``eval.py
+--replica=all`` folder) is compared over its replicas as seeds; ``--group NAME=RUN,RUN,...`` makes
+one run of seeds trained as separate runs. ``--import=MODULE`` (the flag of every program, see
+``resunet_jax.cli.program``) imports user modules first; the comparison loads no model, so it
+needs none, and the flag is there so that one command line's flags work for every tool.
 """
 import argparse
 import os
 import sys
 
 from resunet_jax import evaluation
+from resunet_jax.cli import program
 from resunet_jax.compare import comparison
 from resunet_jax.compare import outputs
 from resunet_jax.compare import runs as runs_lib
@@ -30,10 +38,21 @@ def _parser():
           "(SiSEC 2018, as eval.py). The CI is a percentile bootstrap of the median paired\n"
           "difference (scipy.stats.bootstrap: tracks resampled with replacement, numpy\n"
           "default_rng(seed)).\n"
+          "Seeds: a RUN holding replica_<k>/ folders (<workdir>/eval/step_<n>/replica_<k>/<split>,\n"
+          "or an eval.py --replica=all folder D/replica_<k>/) is one run of several seeds, and\n"
+          "--group NAME=RUN,RUN,... groups seeds trained as separate runs. Such a run shows the\n"
+          "mean and sd over seeds of the per-seed median, a track's SDR is its mean over seeds,\n"
+          "and the CI is a two-level bootstrap: each run's seeds and the tracks (paired between\n"
+          "runs) resampled with replacement, so it covers seed and track variation.\n"
           "Outputs go to --out: table.txt, summary.csv, tracks.csv, comparison.json,\n"
-          "per_track_sdr.png, and with work directories curves.csv and learning_curves.png."))
-  p.add_argument("runs", nargs="+", metavar="RUN_OR_EVAL_DIR",
+          "per_track_sdr.png, with several seeds seeds.csv, and with work directories\n"
+          "curves.csv and learning_curves.png."))
+  p.add_argument("runs", nargs="*", metavar="RUN_OR_EVAL_DIR",
                  help="evaluated runs; differences are taken against the first")
+  p.add_argument("--group", action="append", default=[], metavar="NAME=RUN,RUN,...",
+                 help="one run made of the seeds of several runs (seeds trained as separate "
+                      "runs), named NAME; repeatable; groups come after the positional runs, "
+                      "in the order given")
   p.add_argument("--method", default="model",
                  help="method to compare: model (default) or oracle_<kind>, e.g. oracle_irm")
   p.add_argument("--protocol", default="authors", choices=evaluation.PROTOCOLS,
@@ -46,7 +65,8 @@ def _parser():
                  help="compare only the tracks all runs scored (default: different track sets "
                       "are an error)")
   p.add_argument("--labels", default=None,
-                 help="comma-separated run names (default: from the paths)")
+                 help="comma-separated names of the positional runs (default: from the paths; "
+                      "a group is named by its NAME)")
   p.add_argument("--out", default=None,
                  help="output folder (default: a new ./compare_<date>-<time>)")
   p.add_argument("--force", action="store_true", help="overwrite outputs in --out")
@@ -59,18 +79,37 @@ def _parser():
                  help="comma-separated TensorBoard tags to plot (default: train/loss, val/sdr, "
                       "val/sdr_<source>)")
   p.add_argument("--no_plot", action="store_true", help="write no PNG")
+  program.add_import_argument(p)
   return p
+
+
+def parse_group(text):
+  """(name, [paths]) of a ``--group NAME=RUN,RUN,...`` value."""
+  name, sep, rest = text.partition("=")
+  paths = [s.strip() for s in rest.split(",") if s.strip()]
+  if not sep or not name.strip() or not paths:
+    raise runs_lib.CompareError(f"--group {text!r}: expected NAME=RUN[,RUN,...], e.g. "
+                                "--group base=runs/base_s0,runs/base_s1")
+  return name.strip(), paths
 
 
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
+  program.import_user_modules(args.user_modules, exit_on_error=True)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # reading event files may import TF
   labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
   tags = [s.strip() for s in args.curves.split(",") if s.strip()] if args.curves else None
   try:
+    groups = [parse_group(g) for g in args.group]
+    entries = list(args.runs) + [paths for _, paths in groups]
+    if groups:
+      if labels is not None and len(labels) != len(args.runs):
+        raise runs_lib.CompareError(f"--labels names the {len(args.runs)} positional run(s) "
+                                    f"(groups are named by --group NAME=...); got {len(labels)}")
+      labels = (labels or [None] * len(args.runs)) + [name for name, _ in groups]
     outputs.check_out_dir(args.out, args.force)  # before any work
     c = comparison.compare_runs(
-        args.runs, method=args.method, protocol=args.protocol, split=args.split,
+        entries, method=args.method, protocol=args.protocol, split=args.split,
         step=args.step, common_tracks=args.common_tracks, labels=labels,
         n_resamples=args.bootstrap, seed=args.seed, confidence=args.confidence,
         tie_tolerance=args.tie_tolerance)

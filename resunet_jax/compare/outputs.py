@@ -4,7 +4,8 @@ unless asked (``force``).
 ``table.txt`` (the console table), ``summary.csv`` (per source and run: medians, paired
 statistics), ``tracks.csv`` (per source, track and run: the track's medians and its SDR
 difference), ``comparison.json`` (everything, with the runs' paths and steps),
-``per_track_sdr.png`` (per-track SDR, one panel per source), and with work directories
+``per_track_sdr.png`` (per-track SDR, one panel per source; several seeds: their spread), with
+runs of several seeds ``seeds.csv`` (every seed's medians), and with work directories
 ``curves.csv`` and ``learning_curves.png``.
 """
 import json
@@ -18,8 +19,8 @@ from resunet_jax.compare import runs as runs_lib
 from resunet_jax.compare import scalars
 from resunet_jax.compare import tables
 
-OUTPUT_FILES = ("table.txt", "summary.csv", "tracks.csv", "comparison.json", "curves.csv",
-                "per_track_sdr.png", "learning_curves.png")
+OUTPUT_FILES = ("table.txt", "summary.csv", "tracks.csv", "comparison.json", "seeds.csv",
+                "curves.csv", "per_track_sdr.png", "learning_curves.png")
 CompareError = runs_lib.CompareError
 
 
@@ -72,11 +73,14 @@ def write_outputs(c, out_dir=None, *, force=False, plot=True, curve_tags=None
       k += 1
       out_dir = f"{base}_{k}"
   out_dir = os.path.abspath(os.path.expanduser(out_dir))
-  has_curves = any(c.curves) and bool(scalars.curve_tags(c.curves, curve_tags))
+  curve_sets = [curves for _, _, curves, _ in c.curve_sets()]
+  has_curves = bool(curve_sets) and bool(scalars.curve_tags(curve_sets, curve_tags))
   files = {"table.txt": c.format_table() + "\n", "summary.csv": tables.summary_csv(c),
            "tracks.csv": tables.tracks_csv(c),
            "comparison.json": json.dumps(c.to_dict(), indent=2, allow_nan=False) + "\n"}
-  if any(c.curves):
+  if c.multi_seed:
+    files["seeds.csv"] = tables.seeds_csv(c)
+  if curve_sets:
     files["curves.csv"] = tables.curves_csv(c)
   figures = (["per_track_sdr.png"] + (["learning_curves.png"] if has_curves else [])
              if plot else [])
