@@ -19,7 +19,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from resunet_jax.compare import stats  # pylint: disable=g-import-not-at-top,wrong-import-position
-from resunet_jax.testing import seed_noise  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable-next=g-import-not-at-top,wrong-import-position
+from resunet_jax.testing import seed_noise
 
 
 def main():

@@ -5,7 +5,8 @@ A backbone is a function ``backbone(model, x, train)`` that builds its layers in
 state-dict keys are) from the model's fields: ``channels``, ``pools``, ``blocks_per_stage``,
 ``center_blocks``, ``second_norm``, ``decoder_activation`` and the shared layer fields
 (``model.layer_fields()``). ``Separator.backbone`` names one of ``BACKBONES``; a new backbone is a
-function decorated with ``@register("name")``.
+function decorated with ``@register("name")`` (in a module of one's own: the command-line tools
+import it with ``--import=<module>``; a saved model records the module, ``module_of``).
 """
 from resunet_jax import layers
 
@@ -20,6 +21,13 @@ def register(name):
     BACKBONES[name] = fn
     return fn
   return add
+
+
+def module_of(name):
+  """The module that registered backbone ``name`` (``fn.__module__``), recorded in a saved model's
+  description; None for an unknown backbone."""
+  fn = BACKBONES.get(name)
+  return None if fn is None else getattr(fn, "__module__", None)
 
 
 def get(name):

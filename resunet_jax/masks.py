@@ -22,7 +22,9 @@ The ablation variants:
   ``magnitude_plus``:        Decouple+'s magnitude (sigmoid mask + tanh additive term, K = 2) with
                              the mixture's phase: Decouple+ without its phase estimate.
 A new mask is a function registered with ``@register(name, num_outputs=K)``; the model sizes its
-head from K, so ``--config.model.mask=<name>`` trains it with no other change.
+head from K, so ``--config.model.mask=<name>`` trains it with no other change. Registered in a
+module of one's own, it reaches the command-line tools with ``--import=<module>``
+(``resunet_jax.cli.program``); a saved model records that module (``module_of``).
 
 Oracle (ideal) masks, computed from the true source spectrum S instead of head outputs: upper
 bounds of what a mask of each family can do (``resunet_jax.evaluation`` scores them). Each takes the
@@ -122,6 +124,14 @@ def _magnitude_plus(logits, mag, cos, sin):
   ablations of the phase."""
   out_mag = jax.nn.relu(mag * jax.nn.sigmoid(logits[..., 0]) + jnp.tanh(logits[..., 1]))
   return out_mag, cos, sin
+
+
+def module_of(kind):
+  """The module that registered mask ``kind`` (``fn.__module__``; ``resunet_jax.masks`` for the
+  built-in ones), recorded in a saved model's description so that loading it without that module
+  can say what to import. None for an unknown mask."""
+  entry = MASKS.get(kind)
+  return None if entry is None else getattr(entry[1], "__module__", None)
 
 
 def num_outputs(kind):

@@ -211,10 +211,13 @@ def _validate(m):
   def fail(field, message):
     raise ModelFieldError(field, message)
 
-  def choice(field, registry):
+  def choice(field, registry, hint=""):
     value = getattr(m, field)
     if value not in registry:
-      fail(field, f"{value!r} is not one of {sorted(registry)}")
+      fail(field, f"{value!r} is not one of {sorted(registry)}{hint}")
+
+  user_code = lambda what: (f" (a {what} of your own: register it in a module and import that "
+                            "first; the command-line tools: --import=MODULE)")
 
   for field, low in (("audio_channels", 1), ("num_sources", 1), ("n_fft", 2), ("hop", 1),
                      ("blocks_per_stage", 1), ("center_blocks", 0), ("subbands", 0)):
@@ -225,11 +228,11 @@ def _validate(m):
     fail("subbands", "must be 0 (full band) or the number of PQMF bands (>= 2), got 1")
   if m.n_fft % 2:
     fail("n_fft", f"must be even, got {m.n_fft}")
-  choice("backbone", backbones.BACKBONES)
+  choice("backbone", backbones.BACKBONES, user_code("backbone"))
   choice("activation", layers.ACTIVATIONS)
   choice("decoder_activation", layers.ACTIVATIONS)
   choice("second_norm", SECOND_NORMS)
-  choice("mask", masks.MASKS)
+  choice("mask", masks.MASKS, user_code("mask"))
   choice("conv_backend", backends.BACKENDS)
   channels, pools = tuple(m.channels), tuple(m.pools)
   if not channels or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1
@@ -373,11 +376,32 @@ def _json_field(value):
 
 
 def describe(model, *, arch=None, sources=("vocals",), metadata=None):
-  """The JSON-able description of ``model`` (its architecture fields, not the runtime ones)."""
+  """The JSON-able description of ``model`` (its architecture fields, not the runtime ones).
+
+  ``modules`` records the modules that registered its mask and backbone (``masks.module_of``,
+  ``backbones.module_of``): loading a model whose mask or backbone is not registered names the
+  module to import (``from_description``); nothing is imported from it automatically."""
   fields = {f.name: _json_field(getattr(model, f.name)) for f in separator_fields()
             if f.name not in RUNTIME_FIELDS}
+  modules = {"mask": masks.module_of(model.mask), "backbone": backbones.module_of(model.backbone)}
   return {"format": FORMAT, "arch": arch, "model": fields, "sources": list(sources),
-          "sample_rate": sources_lib.SAMPLE_RATE, "metadata": metadata or {}}
+          "sample_rate": sources_lib.SAMPLE_RATE, "modules": modules, "metadata": metadata or {}}
+
+
+def _unregistered(field, value, registry, module):
+  """Why a saved model's mask or backbone is not there, and what to import."""
+  known = f"{value!r} is not one of {sorted(registry)}"
+  if not module:  # a description written before the modules were recorded
+    return (f"{known}; if a module of yours registers it, import that first (the command-line "
+            "tools: --import=MODULE)")
+  if module == "__main__":
+    return (f"{known}; the model was saved by a script that registered it itself (module "
+            "'__main__'), which cannot be imported by name: move the registration into a module "
+            "and import that first (the command-line tools: --import=MODULE)")
+  if module.split(".")[0] == __name__.split(".")[0]:
+    return f"{known}; it was registered by {module!r} of another resunet_jax version"
+  return (f"{known}; the model was saved with the {field} that module {module!r} registers: "
+          f"import it first (the command-line tools: --import={module}; Python: import {module})")
 
 
 def from_description(desc, **overrides):
@@ -391,6 +415,12 @@ def from_description(desc, **overrides):
   if unknown:
     raise ValueError(f"model description has unknown field(s) {unknown}; this version of "
                      f"resunet_jax knows {sorted(known)}")
+  defaults = {f.name: f.default for f in separator_fields()}
+  recorded = desc.get("modules") or {}  # absent in descriptions written before it was recorded
+  for field, registry in (("mask", masks.MASKS), ("backbone", backbones.BACKBONES)):
+    value = overrides.get(field) or fields.get(field, defaults[field])
+    if value not in registry:
+      raise ModelFieldError(field, _unregistered(field, value, registry, recorded.get(field)))
   fields["channels"] = tuple(fields["channels"])
   fields["pools"] = tuple(tuple(p) for p in fields["pools"])
   if fields.get("precision") == "None":  # written by an older version

@@ -12,6 +12,8 @@
 
 Results go to --eval_dir (default <checkpoint>/eval/<split>, or <workdir>/eval/step_<n>/<split>):
 museval per-track JSON files, tracks.csv, summary.csv/json and a printed table; a rerun resumes.
+A model with a mask or backbone of one's own needs ``--import=MODULE`` (the module registering it;
+the error of a run without it names the module).
 See ``resunet_jax.evaluation`` for the protocols and the file layout.
 """
 from absl import app
@@ -52,6 +54,7 @@ flags.DEFINE_enum("conv_backend", "auto", ["auto", "xla", "cpu"],
 flags.DEFINE_string("manual_dir", None, "MUSDB18 folder with train/ and test/ (data.manual_dir)")
 flags.DEFINE_string("data_dir", None, "TFDS data dir (data.data_dir)")
 flags.DEFINE_enum("variant", None, ["stem", "hq"], "stem (.stem.mp4, the paper's) or hq (wav)")
+program.define_import_flag()  # --import=MODULE: the modules that register a model's mask/backbone
 FLAGS = flags.FLAGS
 
 

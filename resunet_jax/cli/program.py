@@ -104,7 +104,8 @@ def define_import_flag(flag_values=flags.FLAGS):
   programs run through ``run`` import its modules right after parsing the flags."""
   if IMPORT_FLAG not in flag_values:
     flags.DEFINE_multi_string(IMPORT_FLAG, [], IMPORT_HELP, flag_values=flag_values)
-  caller = sys._getframe(1).f_globals.get("__name__", "__main__")  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  caller = sys._getframe(1).f_globals.get("__name__", "__main__")
   flag_values.register_key_flag_for_module(caller, flag_values[IMPORT_FLAG])
 
 

@@ -4,6 +4,8 @@
   resunet-separate song.mp3 --checkpoint models/vocals --out separated/ --residual --format flac
 
 Every input is checked (header, output paths) before any work; nothing is written when one is bad.
+A model with a mask or backbone of one's own needs ``--import=MODULE`` (the module that registers
+it, imported before the model is loaded; the error without it names the module).
 Exit status: 0 all written, 1 some inputs failed while separating, 2 nothing done (bad arguments,
 inputs or checkpoint).
 """
@@ -15,6 +17,7 @@ from resunet_jax import audio
 from resunet_jax import backends
 from resunet_jax import runtime
 from resunet_jax import separate
+from resunet_jax.cli import program
 
 
 def _parser():
@@ -44,12 +47,18 @@ def _parser():
                       "hosts, else xla), xla, or cpu")
   p.add_argument("--force", action="store_true", help="overwrite existing outputs")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+  program.add_import_argument(p)
   return p
 
 
 def main(argv=None):
   args = _parser().parse_args(argv)
-  runtime.set_xla_cpu_flags()  # before JAX starts its CPU backend
+  runtime.set_xla_cpu_flags()  # before JAX starts its CPU backend (a user module may import it)
+  try:
+    program.import_user_modules(args.user_modules)  # before the model is loaded
+  except program.UserModuleError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   ext = "." + args.format
   subtype = args.subtype or "PCM_16"
   if subtype == "FLOAT" and args.format == "flac":

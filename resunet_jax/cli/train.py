@@ -10,6 +10,8 @@ with code 143 (128 + SIGTERM), so that schedulers restart it; it exits 0 when ``
 reached and 1 on an error. ``--init_from`` fine-tunes a converted bytesep checkpoint (``python -m resunet_jax.convert IN.pth
 OUT_DIR``) or another run's work directory. Multi-process (TPU pods, SLURM, several processes on one
 machine): see ``resunet_jax.training.distributed``; ``--distributed`` forces it on or off.
+``--import=MODULE`` (repeatable; a module name or a .py path) imports a module of one's own first,
+so that ``--config.model.mask=<name>`` finds a mask it registers (``resunet_jax.cli.program``).
 
 ``python train.py`` and ``resunet-train`` run this program (same flags):
 
@@ -39,6 +41,7 @@ flags.DEFINE_bool("distributed", None, "Call jax.distributed.initialize() (defau
 flags.DEFINE_bool("accept_config_changes", False, "Resume even though the config changes the "
                   "training recipe (batch, optimiser, schedule, model, data recipe); the changes "
                   "are logged and recorded in WORKDIR/config_history.")
+program.define_import_flag()  # --import=MODULE: user masks/backbones, imported before main
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -38,12 +38,13 @@ def _parser():
           "(SiSEC 2018, as eval.py). The CI is a percentile bootstrap of the median paired\n"
           "difference (scipy.stats.bootstrap: tracks resampled with replacement, numpy\n"
           "default_rng(seed)).\n"
-          "Seeds: a RUN holding replica_<k>/ folders (<workdir>/eval/step_<n>/replica_<k>/<split>,\n"
-          "or an eval.py --replica=all folder D/replica_<k>/) is one run of several seeds, and\n"
-          "--group NAME=RUN,RUN,... groups seeds trained as separate runs. Such a run shows the\n"
-          "mean and sd over seeds of the per-seed median, a track's SDR is its mean over seeds,\n"
-          "and the CI is a two-level bootstrap: each run's seeds and the tracks (paired between\n"
-          "runs) resampled with replacement, so it covers seed and track variation.\n"
+          "Seeds: a RUN holding replica_<k>/ folders (<workdir>/eval/step_<n>/replica_<k>/\n"
+          "<split>, or an eval.py --replica=all folder D/replica_<k>/) is one run of several\n"
+          "seeds; --group NAME=RUN,RUN,... groups seeds trained as separate runs. Such a run\n"
+          "shows the mean and sd over seeds of the per-seed median, a track's SDR is its mean\n"
+          "over seeds, and the CI is a two-level bootstrap: each run's seeds and the tracks\n"
+          "(paired between runs) resampled with replacement: it covers seed and track variation.\n"
+          "--import=MODULE is accepted as by every tool (the comparison itself loads no model).\n"
           "Outputs go to --out: table.txt, summary.csv, tracks.csv, comparison.json,\n"
           "per_track_sdr.png, with several seeds seeds.csv, and with work directories\n"
           "curves.csv and learning_curves.png."))
@@ -95,7 +96,11 @@ def parse_group(text):
 
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
-  program.import_user_modules(args.user_modules, exit_on_error=True)
+  try:
+    program.import_user_modules(args.user_modules)
+  except program.UserModuleError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # reading event files may import TF
   labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
   tags = [s.strip() for s in args.curves.split(",") if s.strip()] if args.curves else None

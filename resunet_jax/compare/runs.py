@@ -425,10 +425,11 @@ def _default_label(run: Run) -> str:
 
 
 def _unique(names, runs):
-  names = list(names)
-  for i, r in enumerate(runs):
-    if names.count(names[i]) > 1 and r.step is not None:
-      names[i] = f"{names[i]}@{r.step}"
+  """Names made distinct: a name shared by several runs gets the run's step (@n), then, if still
+  shared, its position (#i)."""
+  shared = [names.count(n) > 1 for n in names]
+  names = [f"{n}@{r.step}" if dup and r.step is not None else n
+           for n, r, dup in zip(names, runs, shared)]
   return [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]
 
 

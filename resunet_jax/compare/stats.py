@@ -37,17 +37,19 @@ deviations from the seed mean are scaled by sqrt(R / (R - 1)), the usual n/(n - 
 the plug-in variance (Davison & Hinkley 1997 discuss resampling such two-level data in their
 section 3.8): the resampled seed mean then varies as s^2/R, s the standard deviation over seeds
 (ddof 1) that the table reports. The seed-by-track noise is counted at both levels, which makes the
-interval somewhat conservative for it (Owen 2007, "The pigeonhole bootstrap", for crossed designs). Measured with bench/bench_seed_bootstrap.py (a simulation,
-``resunet_jax.testing.seed_noise``; tests/test_compare_seeds.py repeats a smaller one): 20 tracks,
-4 seeds per run, track SDRs spread 3 dB, a seed offset of sd 0.3 dB shared by all tracks of a seed,
-seed-by-track noise of sd 0.5 dB, per-track true differences of sd 0.3 dB around a median of 0;
-200 instances, 1000 resamples each. The 95 % interval covered 0 in 94.0 % of them (without the
-sqrt(R/(R - 1)) scaling 89.5 %; the one-seed interval of each run's first seed alone: 61.0 %).
-With a seed offset of sd 0.6 dB: 89.5 % (88.0 %; one seed: 36.5 %): four seeds estimate a large
-seed variance roughly, so treat an interval that ends near 0 as undecided. 2 seeds: 95.5 %
-(88.5 %), 8 seeds: 97.5 %. A true shift was detected (interval above 0, seed offset 0.6 dB) in
-99 % of the instances at 2 dB, 55 % at 1 dB, 26 % at 0.5 dB. With one seed on a side, that side's
-seed variation is unknown and not in the interval (the comparison notes it).
+interval somewhat conservative for it (Owen 2007, "The pigeonhole bootstrap", for crossed designs).
+
+Measured with bench/bench_seed_bootstrap.py (a simulation, ``resunet_jax.testing.seed_noise``;
+tests/test_compare_seeds.py repeats a smaller one): 20 tracks, 4 seeds per run, track SDRs spread
+3 dB, a seed offset of sd 0.3 dB shared by all tracks of a seed, seed-by-track noise of sd 0.5 dB,
+per-track true differences of sd 0.3 dB around a median of 0; 200 instances, 1000 resamples each.
+The 95 % interval covered 0 in 94.0 % of them (without the sqrt(R/(R - 1)) scaling 89.5 %; the
+one-seed interval of each run's first seed alone: 61.0 %). With a seed offset of sd 0.6 dB: 89.5 %
+(88.0 %; one seed: 36.5 %): four seeds estimate a large seed variance roughly, so treat an interval
+that ends near 0 as undecided. 2 seeds: 95.5 % (88.5 %), 8 seeds: 97.5 %. A true shift was detected
+(interval above 0, seed offset 0.6 dB) in 99 % of the instances at 2 dB, 55 % at 1 dB, 26 % at
+0.5 dB. With one seed on a side, that side's seed variation is unknown and not in the interval (the
+comparison notes it).
 """
 from typing import List, Tuple
 
