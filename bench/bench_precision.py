@@ -289,7 +289,6 @@ def _patched(module, name, wrapper):
 def jax_capture_fn(model, stage_names):
   """A function (variables, x) -> (output, {stage: array}) to jit: ``model.apply`` with the stage
   outputs caught on the way (the same program as ``model.apply`` plus extra outputs)."""
-  from flax import linen as nn  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from resunet_jax import masks  # pylint: disable=g-import-not-at-top
   from resunet_jax import spectral  # pylint: disable=g-import-not-at-top
