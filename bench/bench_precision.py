@@ -1,7 +1,7 @@
 r"""Float32 / bfloat16 accuracy of a separator against bytesep's float64 model, stage by stage.
 
     python bench/bench_precision.py                    # paper model, stempeg's excerpt, rule weights
-    python bench/bench_precision.py --weights=rule+bn --dtypes=float32/plain,float32,bfloat16
+    python bench/bench_precision.py --bn_stats=input --dtypes=float32/plain,float32,bfloat16
     python bench/bench_precision.py --weights=/tmp/workdir --audio=song.wav --offset=30 --seconds=10
 
 Expected run time: ~10 minutes on 2 CPU cores for the 6 s excerpt (bytesep's float64 run is half of
@@ -12,10 +12,11 @@ Input: ``--seconds`` of real music from ``--offset`` s: by default the mixture o
 that ships with stempeg (``stempeg.example_stem_path()``, 6.08 s, read by
 ``resunet_jax.data.stems_io``; its vocals stem gives the SDR column), or any audio file
 (``resunet_jax.audio.read_audio``). Weights: ``rule`` (the parity fixtures' ``WEIGHT_RULE``, seed 1,
-converted by ``resunet_jax.convert``), ``rule+bn`` (the same with every BatchNorm's running
-statistics set to those of the input, so that each layer sees normalised activations as in a trained
-network), a bytesep state dict (``.pth`` / ``.npz``), or one of our model directories / training
-work directories (converted back to bytesep's layout for its side).
+converted by ``resunet_jax.convert``), a bytesep state dict (``.pth`` / ``.npz``), or one of our
+model directories / training work directories (converted back to bytesep's layout for its side).
+``--bn_stats=input`` replaces every BatchNorm's running statistics by those of the input (so that
+each layer sees normalised activations, as in a fully trained network; ``bn0`` then scales the quiet
+bins up).
 
 Each model runs in a fresh process (``bench/workers.py``) and saves every stage's output:
 
@@ -245,9 +246,9 @@ def worker_torch(args, dtype_name, out):
 
 
 def worker_calibrate(args, dtype_name, out):
-  """``--weights=rule+bn``: the rule's weights with every BatchNorm's running statistics set to
-  the statistics of this input (one train-mode pass of ours in float32 with momentum 1), written
-  as a bytesep state dict. (The MobileNet's BNs have a fixed momentum of 0.1: only partly set.)"""
+  """``--bn_stats=input``: the weights with every BatchNorm's running statistics set to the
+  statistics of this input (one train-mode pass of ours in float32 with momentum 1), written as a
+  bytesep state dict. (The MobileNet's BNs have a fixed momentum of 0.1: only partly set.)"""
   del dtype_name
   sys.path.insert(0, REPO)
   from resunet_jax import runtime  # pylint: disable=g-import-not-at-top
@@ -255,7 +256,7 @@ def worker_calibrate(args, dtype_name, out):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from resunet_jax import convert  # pylint: disable=g-import-not-at-top
-  state = state_dict(args.arch, "rule")
+  state = state_dict(args.arch, args.weights)
   model, variables = convert.from_bytesep(state, args.arch)
   mix, _ = load_excerpt(args.audio, args.offset, args.seconds)
   calibrating = model.clone(bn_momentum=1.0)
@@ -391,12 +392,17 @@ def rel_l2(a, b):
 
 
 def vocals_sdr(estimate, vocals):
-  """The project's museval-equivalent SDR (``training.sdr.segment_sdr``: median over 1 s windows,
-  both channels) of an (L, 2) estimate against the true vocals stem."""
-  sys.path.insert(0, REPO)
-  from resunet_jax.training import sdr  # pylint: disable=g-import-not-at-top
+  """SDR in dB of an (L, 2) estimate against the true vocals stem: the median over 1 s windows of
+  10 log10(sum s^2 / sum (s_hat - s)^2), both channels (``training.sdr.segment_sdr``'s formula,
+  museval's v4 SDR; restated in numpy so that this process does not start JAX)."""
   length = min(len(estimate), len(vocals))
-  return float(sdr.segment_sdr(vocals[:length], estimate[:length], window=SAMPLE_RATE))
+  values = []
+  for start in range(0, length - SAMPLE_RATE + 1, SAMPLE_RATE):
+    s = np.asarray(vocals[start:start + SAMPLE_RATE], np.float64)
+    e = np.asarray(estimate[start:start + SAMPLE_RATE], np.float64)
+    if np.sum(s * s) > 0 and np.sum(e * e) > 0:
+      values.append(10 * np.log10(np.sum(s * s) / np.sum((e - s) ** 2)))
+  return float(np.median(values)) if values else float("nan")
 
 
 def main():
@@ -406,8 +412,11 @@ def main():
   parser.add_argument("--offset", type=float, default=0.0, help="start, seconds")
   parser.add_argument("--seconds", type=float, default=0.0, help="length, seconds (0: to the end)")
   parser.add_argument("--weights", default="rule",
-                      help="'rule', 'rule+bn' (the rule's weights, BatchNorm statistics of this "
-                      "input), a bytesep .pth/.npz state dict, or one of our model/work directories")
+                      help="'rule', a bytesep .pth/.npz state dict, or one of our model/work "
+                      "directories")
+  parser.add_argument("--bn_stats", choices=("weights", "input"), default="weights",
+                      help="BatchNorm running statistics: the weights' own, or those of the input "
+                      "(one train-mode pass with momentum 1)")
   parser.add_argument("--dtypes", default="float32,bfloat16",
                       help="our compute dtypes to compare (float64 is always run); DTYPE/plain: "
                       "with the plain float32 rfft STFT of before issue 18")
@@ -450,12 +459,13 @@ def main():
 def _compare(args, cache):
   """Runs the models (or reuses their arrays in ``cache``) and prints the table."""
   weights = args.weights
-  if weights == "rule+bn":
-    weights = os.path.join(cache, "weights_rule_bn.npz")
+  if args.bn_stats == "input":
+    weights = os.path.join(cache, "weights_bn_stats_of_input.npz")
     if not (args.reuse and os.path.isfile(weights)):
       result = workers.run(__file__, ["--arch", args.arch, "--audio", args.audio, "--offset",
                                       str(args.offset), "--seconds", str(args.seconds),
-                                      "--worker", "calibrate", "--worker_out", weights])
+                                      "--weights", args.weights, "--worker", "calibrate",
+                                      "--worker_out", weights])
       if "error" in result:
         raise SystemExit(f"recalibrating the BatchNorm statistics failed: {result['error']}")
   common = ["--arch", args.arch, "--audio", args.audio, "--offset", str(args.offset),
@@ -493,7 +503,8 @@ def _compare(args, cache):
   reference = arrays[ref_label]
   labels = [l for l in arrays if l != ref_label]
   _, vocals = load_excerpt(args.audio, args.offset, args.seconds)
-  print(f"# {args.arch}, weights {args.weights}, {args.audio} from {args.offset:g} s, "
+  print(f"# {args.arch}, weights {args.weights} (BatchNorm statistics of the {args.bn_stats}), "
+        f"{args.audio} from {args.offset:g} s, "
         f"{reference['output'].shape[1] / SAMPLE_RATE:.2f} s; XLA flags: {args.xla_flags}; "
         f"precision: {args.precision}; relative L2 against bytesep float64")
   print(f"{'stage':20s} {'shape':>22s} " + " ".join(f"{l:>16s}" for l in labels))

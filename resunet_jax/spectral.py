@@ -15,24 +15,26 @@ a signal cut into hop-sized rows: no gather, no scatter, cheap on every backend 
 Float32 accuracy of the quiet bins (issue 18). A float32 FFT's rounding error is spread evenly over
 the bins, about eps * ||frame|| in each, whatever the bin holds. Real music keeps most of its energy
 in the bass, and its upper bins (above a lossy codec's low-pass, most of the top octave) are 60-140
-dB below it, so their phase in a plain float32 FFT is largely rounding noise; the Decouple+ masks
-put a magnitude there (|Y| = relu(|X| sigmoid(m) + Q)) with the mixture's phase, so that noise
-reached the output: the paper model in float32 was 8.1e-4 relative from float64 on a real song
-(PyTorch's direct DFT, whose error shrinks with the bin's energy: 2.3e-4). ``stft`` therefore
-transforms each frame twice: as it is, and after a circular second difference, whose spectrum is
-the frame's times H(k) = (1 - exp(-2 pi i k / N))^2, small where music is loud (|H| ~ (2 pi k / N)^2)
-and up to 4 where it is quiet. Divided by H(k), the second transform gives every bin with an
-error floor of eps * ||second difference|| / |H(k)| instead of eps * ||frame||; each bin takes
-the transform whose floor is lower (the plain one at the lowest bins, and everywhere for a frame
-without a low-frequency tilt, e.g. white noise), so no bin gets worse. The first difference of the
-windowed frame is formed by the product rule, w (x - x') + x' (w - w'), so that the rounding of
-x * w does not come back into it. Measured with bench/bench_precision.py (the parity fixtures'
-weights, relative L2 against bytesep's float64): on stempeg's MUSDB18 excerpt the phase error
-2.2e-3 -> 7.7e-5 and the paper model's output 1.2e-4 -> 7.6e-6 (PyTorch's float32 3.3e-5); on
-10 s of a real song (an MP3) the output 8.1e-4 -> 1.0e-4 (PyTorch 2.3e-4), the rest coming from
-the bins above the codec's low-pass (|X| ~ 1e-5), which are below this floor too. Cost: a second
-rfft and a few elementwise passes per frame, the same on every platform; in float64 the two
-transforms agree to rounding.
+dB below it, so their phase in a plain float32 FFT is largely rounding noise. The Decouple+ masks
+can put a magnitude there (|Y| = relu(|X| sigmoid(m) + Q)) with the mixture's phase, and ``bn0``
+with the music's statistics divides each bin by its spread, scaling the quiet bins' errors up: the
+paper model in float32 was 8.1e-4 relative from float64 on a real song (PyTorch's direct DFT, whose
+error shrinks with the bin's energy: 2.3e-4).
+
+``stft`` therefore transforms each frame twice: as it is, and after a circular second difference,
+whose spectrum is the frame's times H(k) = (1 - exp(-2 pi i k / N))^2, small where music is loud
+(|H| ~ (2 pi k / N)^2) and up to 4 where it is quiet. Divided by H(k), the second transform gives a
+bin with an error floor of eps * ||second difference|| / |H(k)| instead of eps * ||frame||; each bin
+takes the transform whose floor is lower: the plain one at the lowest bins, and everywhere for a
+frame without a low-frequency tilt (on white noise the error is 0.97x a plain rfft's). The first
+difference of the windowed frame is formed by the product rule, w (x - x') + x' (w - w'), so that
+the rounding of x * w does not come back into it. Measured with bench/bench_precision.py (the
+parity fixtures' weights, relative L2 against bytesep's float64): on stempeg's MUSDB18 excerpt the
+phase error 2.2e-3 -> 7.7e-5 and the paper model's output 1.2e-4 -> 7.6e-6 (PyTorch's float32
+3.3e-5); on 10 s of a real song (an MP3) the output 8.1e-4 -> 1.0e-4 (PyTorch 2.3e-4), the rest
+coming from the bins above the codec's low-pass (|X| ~ 1e-5), which are below this floor too. Cost:
+a second rfft and a few elementwise passes per frame, the same on every platform; in float64 the
+two transforms agree to rounding.
 """
 import math
 
