@@ -4,11 +4,24 @@ A backbone is a function ``backbone(model, x, train)`` that builds its layers in
 ``Separator`` (so parameter paths are ``encoder_block1/...`` at the top level, as the authors'
 state-dict keys are) from the model's fields: ``channels``, ``pools``, ``blocks_per_stage``,
 ``center_blocks``, ``second_norm``, ``decoder_activation`` and the shared layer fields
-(``model.layer_fields()``). ``Separator.backbone`` names one of ``BACKBONES``; a new backbone is a
-function decorated with ``@register("name")`` (in a module of one's own: the command-line tools
-import it with ``--import=<module>``; a saved model records the module, ``module_of``).
+(``model.layer_fields()``); ``model.folds()`` gives the frequency fold of each level (all 1 in
+the natural layout) and ``model.remat`` the rematerialisation. ``Separator.backbone`` names one of
+``BACKBONES``; a new backbone is a function decorated with ``@register("name")`` (in a module of
+one's own: the command-line tools import it with ``--import=<module>``; a saved model records the
+module, ``module_of``).
 """
+import typing
+
+from resunet_jax import folding
 from resunet_jax import layers
+
+
+class Folded(typing.NamedTuple):
+  """A backbone output in the frequency-folded layout (``resunet_jax.folding``): the model applies
+  its head on the folded grid and unfolds the (narrow) head output. A backbone may return a plain
+  (B, T, F, C) array instead."""
+  array: typing.Any
+  fold: int
 
 BACKBONES = {}
 
@@ -40,44 +53,58 @@ def get(name):
 @register("resunet")
 def resunet(model, x, train):
   """The ResUNet of REFERENCE §4.1-4.3: encoders (ResStage + avg-pool), centre stages, decoders
-  (upsampling + skip + ResStage), a post stage. 143 layers with the presets' sizes."""
+  (upsampling + skip + ResStage), a post stage. 143 layers with the presets' sizes.
+
+  With ``model.folds()`` (the frequency-folded layout, ``resunet_jax.folding``) every level
+  computes on its folded grid and the result is returned folded (``Folded``)."""
   kw = model.layer_fields()
+  folds = model.folds()  # one per level, then the centre's
+  encoder = layers.stage_cls(layers.ResStage, model.remat)
+  decoder = layers.stage_cls(layers.DecoderStage, model.remat)
+
+  def stage(cls, level, **fields):
+    return cls(num_blocks=model.blocks_per_stage, second_norm=model.second_norm,
+               **{**kw, "fold": folds[level]}, **fields)
+
   skips = []
+  x = folding.fold(x, folds[0])
   for i, (features, pool) in enumerate(zip(model.channels, model.pools)):
-    h = layers.ResStage(features=features, num_blocks=model.blocks_per_stage,
-                        second_norm=model.second_norm, name=f"encoder_block{i + 1}", **kw)(x, train)
+    h = stage(encoder, i, features=features, name=f"encoder_block{i + 1}")(x, train)
     skips.append(h)
-    x = layers.avg_pool(h, pool)
-  center = len(model.channels) + 1
+    x, s = folding.pool(h, pool, folds[i])
+    x = folding.refold(x, s, folds[i + 1])
+  levels = len(model.channels)
   for i in range(model.center_blocks):
-    x = layers.ResStage(features=model.channels[-1], num_blocks=model.blocks_per_stage,
-                        second_norm=model.second_norm,
-                        name=f"conv_block{center}{chr(ord('a') + i)}", **kw)(x, train)
+    x = stage(encoder, levels, features=model.channels[-1],
+              name=f"conv_block{levels + 1}{chr(ord('a') + i)}")(x, train)
   for i, (skip, pool) in enumerate(zip(reversed(skips), reversed(model.pools))):
-    x = layers.DecoderStage(features=skip.shape[-1], factors=tuple(pool),
-                            num_blocks=model.blocks_per_stage, second_norm=model.second_norm,
-                            input_activation=model.decoder_activation,
-                            name=f"decoder_block{i + 1}", **kw)(x, skip, train)
-  return layers.ResStage(features=model.channels[0], num_blocks=model.blocks_per_stage,
-                         second_norm=model.second_norm, name="after_conv_block1", **kw)(x, train)
+    level = levels - 1 - i
+    x = stage(decoder, level, features=model.channels[level], factors=tuple(pool),
+              input_activation=model.decoder_activation, in_fold=folds[level + 1],
+              name=f"decoder_block{i + 1}")(x, skip, train)
+  x = stage(encoder, 0, features=model.channels[0], name="after_conv_block1")(x, train)
+  return Folded(x, folds[0]) if folds[0] > 1 else x
 
 
 @register("mobilenet")
 def mobilenet(model, x, train):
-  """The MobileNet UNet of REFERENCE §4.5 (one MobileNetConvBlock per stage in the preset)."""
-  kw = model.layer_fields()
+  """The MobileNet UNet of REFERENCE §4.5 (one MobileNetConvBlock per stage in the preset).
+  Always in the natural layout (its depthwise convolutions have no folded form here)."""
+  kw = {**model.layer_fields(), "fold": 1}
+  block = layers.rematted(layers.MobileNetConvBlock, model.remat, "unit", num_static=1)
+  encoder = layers.stage_cls(layers.MobileNetEncoderStage, model.remat)
+  decoder = layers.stage_cls(layers.MobileNetDecoderStage, model.remat)
   skips = []
   for i, (features, pool) in enumerate(zip(model.channels, model.pools)):
-    h = layers.MobileNetEncoderStage(features=features, num_blocks=model.blocks_per_stage,
-                                     name=f"encoder_block{i + 1}", **kw)(x, train)
+    h = encoder(features=features, num_blocks=model.blocks_per_stage,
+                name=f"encoder_block{i + 1}", **kw)(x, train)
     skips.append(h)
     x = layers.avg_pool(h, pool)
   center = f"conv_block{len(model.channels) + 1}"
   for i in range(model.center_blocks):
     name = center if model.center_blocks == 1 else center + chr(ord("a") + i)
-    x = layers.MobileNetConvBlock(features=model.channels[-1], name=name, **kw)(x, train)
+    x = block(features=model.channels[-1], name=name, **kw)(x, train)
   for i, (skip, pool) in enumerate(zip(reversed(skips), reversed(model.pools))):
-    x = layers.MobileNetDecoderStage(features=skip.shape[-1], factors=tuple(pool),
-                                     name=f"decoder_block{i + 1}", **kw)(x, skip, train)
-  return layers.MobileNetConvBlock(features=model.channels[0], name="after_conv_block1",
-                                   **kw)(x, train)
+    x = decoder(features=skip.shape[-1], factors=tuple(pool),
+                name=f"decoder_block{i + 1}", **kw)(x, skip, train)
+  return block(features=model.channels[0], name="after_conv_block1", **kw)(x, train)

@@ -10,6 +10,7 @@ different convolution function can be injected through ``nn.Conv``'s own hook
 Parameter names follow the authors' PyTorch modules (``bn1``, ``conv1``, ``abn2``, ``shortcut``,
 ``conv_block1`` ...), so a state-dict key maps onto a Flax path by replacing dots with slashes.
 """
+import inspect
 from typing import Any, Optional, Tuple
 
 import flax.linen as nn
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from resunet_jax import backends
+from resunet_jax import folding
 
 Dtype = Any
 
@@ -75,11 +77,18 @@ class BatchNorm(nn.Module):
   activation: Optional[str] = None
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
+  # Frequency-folded input (``resunet_jax.folding``): lanes (groups, fold, C / groups) of the last
+  # axis hold the channels; the statistics of a channel are over all its lanes.
+  fold: int = 1
+  groups: int = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
     axis = self.feature_axis % x.ndim
-    features = x.shape[axis]
+    s, g = self.fold, self.groups
+    if s > 1 and axis != x.ndim - 1:
+      raise ValueError("a folded BatchNorm normalises the last axis")
+    features = x.shape[axis] // s
     scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
     running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), self.param_dtype)
@@ -91,22 +100,30 @@ class BatchNorm(nn.Module):
     shape = [1] * x.ndim
     shape[axis] = features
 
+    if s > 1:  # per-lane vectors of per-channel values, and back
+      lanes = lambda v: folding.lane_vector(v, s, g)
+      channel_mean = lambda v: folding.channel_sum(v, s, g) / s
+      shape[axis] = features * s
+    else:
+      lanes = channel_mean = lambda v: v
+
     if train:
-      count = 1
+      count = s
       for i in reduce_axes:
         count *= x.shape[i]
       if _synchronised(self.axis_name):
         shift = lax.stop_gradient(running_mean.value.astype(stat_dtype))
-        centred = xs - shift.reshape(shape)
-        moments = jnp.stack([jnp.mean(centred, axis=reduce_axes),
-                             jnp.mean(jnp.square(centred), axis=reduce_axes)])
+        centred = xs - lanes(shift).reshape(shape)
+        moments = channel_mean(jnp.stack([jnp.mean(centred, axis=reduce_axes),
+                                          jnp.mean(jnp.square(centred), axis=reduce_axes)]))
         first, second = lax.pmean(moments, self.axis_name)
         mean = shift + first
         var = jnp.maximum(second - jnp.square(first), 0.0)
         count = count * lax.axis_size(self.axis_name)
       else:
-        mean = jnp.mean(xs, axis=reduce_axes)
-        var = jnp.mean(jnp.square(xs - mean.reshape(shape)), axis=reduce_axes)
+        mean = channel_mean(jnp.mean(xs, axis=reduce_axes))
+        var = channel_mean(jnp.mean(jnp.square(xs - lanes(mean).reshape(shape)),
+                                    axis=reduce_axes))
       if not self.is_initializing():
         unbiased = var * (count / max(count - 1, 1))
         m = self.momentum
@@ -117,10 +134,54 @@ class BatchNorm(nn.Module):
 
     mul = scale.astype(stat_dtype) * lax.rsqrt(var.astype(stat_dtype) + self.epsilon)
     add = bias.astype(stat_dtype) - mean.astype(stat_dtype) * mul
-    y = xs * mul.reshape(shape) + add.reshape(shape)
+    y = xs * lanes(mul).reshape(shape) + lanes(add).reshape(shape)
     if self.activation is not None:
       y = activation_fn(self.activation)(y)
     return y.astype(self.dtype or x.dtype)
+
+
+REMAT_NONE = "none"
+REMAT_GRANULARITIES = ("unit", "stage")
+
+
+def parse_remat(spec):
+  """``(granularity, policy)`` of a ``remat`` field: "none" -> (None, None); "unit" or "stage" ->
+  (that, None) (save only the inputs of each residual unit / stage, recompute the rest in the
+  backward pass); "unit:<policy>" or "stage:<policy>" with a ``jax.checkpoint_policies`` name
+  (e.g. "unit:dots_saveable": keep the convolution outputs, recompute BatchNorm and activations).
+  Raises ValueError naming what is accepted."""
+  if spec in (None, REMAT_NONE):
+    return None, None
+  granularity, _, policy = str(spec).partition(":")
+  if granularity not in REMAT_GRANULARITIES:
+    raise ValueError(f"remat {spec!r}: expected 'none', one of {list(REMAT_GRANULARITIES)}, or "
+                     "'<granularity>:<jax.checkpoint_policies name>'")
+  if not policy:
+    return granularity, None
+  fn = getattr(jax.checkpoint_policies, policy, None)
+  if fn is None or not callable(fn) or policy in _POLICY_FACTORIES:
+    names = sorted(n for n in dir(jax.checkpoint_policies)
+                   if not n.startswith("_") and n not in _POLICY_FACTORIES)
+    raise ValueError(f"remat {spec!r}: {policy!r} is not a jax.checkpoint_policies policy; "
+                     f"expected one of {names}")
+  return granularity, fn
+
+
+# jax.checkpoint_policies entries that make a policy from arguments (not usable by name alone).
+_POLICY_FACTORIES = ("offload_dot_with_no_batch_dims", "save_and_offload_only_these_names",
+                     "save_any_names_but_these", "save_anything_except_these_names",
+                     "save_from_both_policies", "save_only_these_names")
+
+
+def rematted(cls, spec, granularity, num_static):
+  """``cls`` wrapped in ``nn.remat`` when ``spec`` asks for it at ``granularity``; the module's last
+  ``num_static`` call arguments (``train``) are static. Parameter names do not change."""
+  which, policy = parse_remat(spec)
+  if which != granularity:
+    return cls
+  n_args = len(inspect.signature(cls.__call__).parameters)  # self included
+  static = tuple(range(n_args - num_static, n_args))
+  return nn.remat(cls, static_argnums=static, policy=policy)
 
 
 class _Base(nn.Module):
@@ -132,49 +193,98 @@ class _Base(nn.Module):
   param_dtype: Dtype = jnp.float32
   precision: Any = None
   conv_backend: str = "xla"
+  remat: str = REMAT_NONE  # see parse_remat
+  fold: int = 1  # frequency fold of this block's activations (resunet_jax.folding)
 
   def shared(self, **overrides):
     """The shared fields, for building a sub-block."""
     fields = dict(activation=self.activation, momentum=self.momentum, axis_name=self.axis_name,
                   dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
-                  conv_backend=self.conv_backend)
+                  conv_backend=self.conv_backend, remat=self.remat, fold=self.fold)
     fields.update(overrides)
     return fields
 
-  def bn(self, name, activation=None, momentum=None):
+  def bn(self, name, activation=None, momentum=None, fold=None, groups=1):
     return BatchNorm(momentum=self.momentum if momentum is None else momentum,
                      axis_name=self.axis_name, activation=activation, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name=name)
+                     param_dtype=self.param_dtype, fold=self.fold if fold is None else fold,
+                     groups=groups, name=name)
 
-  def conv(self, name, features, kernel=(3, 3), groups=1, bias=False):
+  def conv(self, name, features, kernel=(3, 3), groups=1, bias=False, fold=None, in_groups=1):
     """Stride-1 "SAME" convolution (PyTorch's padding k // 2 for odd kernels)."""
     return conv(features, kernel, groups=groups, bias=bias, dtype=self.dtype,
                 param_dtype=self.param_dtype, precision=self.precision,
-                backend=self.conv_backend, name=name)
+                backend=self.conv_backend, fold=self.fold if fold is None else fold,
+                in_groups=in_groups, name=name)
 
 
 def conv(features, kernel=(3, 3), *, groups=1, bias=False, dtype=None, param_dtype=jnp.float32,
-         precision=None, backend="xla", name=None):
-  """``nn.Conv`` with the authors' initialisation, stride 1, "SAME" padding, HWIO kernel."""
+         precision=None, backend="xla", fold=1, in_groups=1, name=None):
+  """``nn.Conv`` with the authors' initialisation, stride 1, "SAME" padding, HWIO kernel; on a
+  frequency-folded input (``fold`` > 1) the same convolution computed on the folded grid
+  (``FoldedConv``, same parameters)."""
+  if fold > 1:
+    if groups != 1:
+      raise ValueError("grouped convolutions are not computed on a folded layout")
+    return FoldedConv(features, tuple(kernel), fold=fold, in_groups=in_groups, use_bias=bias,
+                      dtype=dtype, param_dtype=param_dtype, precision=precision, name=name)
   return nn.Conv(features, tuple(kernel), padding="SAME", feature_group_count=groups,
                  use_bias=bias, kernel_init=conv_init, dtype=dtype, param_dtype=param_dtype,
                  precision=precision, conv_general_dilated_cls=backends.conv_general_dilated_cls(
-                     backend), name=name)
+                     backends.resolve(backend)), name=name)
+
+
+class FoldedConv(nn.Module):
+  """A stride-1 "SAME" convolution (odd kernel) of a frequency-folded input: the parameters of
+  ``nn.Conv`` (``kernel`` (kt, kf, C_in, C_out) HWIO, ``bias``), the kernel placed on the folded
+  grid by ``folding.fold_kernel``. Input lanes (in_groups, fold, C_in / in_groups), output lanes
+  (fold, C_out)."""
+  features: int
+  kernel_size: Tuple[int, int]
+  fold: int
+  in_groups: int = 1
+  use_bias: bool = False
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    kt, kf = self.kernel_size
+    if kt % 2 == 0 or kf % 2 == 0:
+      raise ValueError(f"FoldedConv takes odd kernels, got {self.kernel_size}")
+    s = self.fold
+    kernel = self.param("kernel", conv_init, (kt, kf, x.shape[-1] // s, self.features),
+                        self.param_dtype)
+    bias = (self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    folded, reach = folding.fold_kernel(kernel, s, self.in_groups)
+    y = lax.conv_general_dilated(x, folded, (1, 1), ((kt // 2, kt // 2), (reach, reach)),
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                 precision=self.precision)
+    if bias is not None:
+      y = y + folding.lane_vector(bias, s)
+    return y
 
 
 class ConvBlockRes(_Base):
   """Pre-activation residual unit: BN-act-conv3x3-BN-act-conv3x3 plus (1x1-conv) shortcut.
 
   ``second_norm="abn"`` is the paper model's InPlaceABN in the second position (``abn2``).
+  ``in_groups`` > 1: a folded input whose lanes hold that many channel groups side by side (a
+  concatenation, see ``resunet_jax.folding``).
   """
   features: int = 32
   second_norm: str = "bn"
+  in_groups: int = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
     act = activation_fn(self.activation)
-    h = act(self.bn("bn1")(x, train))
-    h = self.conv("conv1", self.features)(h)
+    g = self.in_groups if self.fold > 1 else 1
+    h = act(self.bn("bn1", groups=g)(x, train))
+    h = self.conv("conv1", self.features, in_groups=g)(h)
     if self.second_norm == "abn":
       h = self.bn("abn2", activation="leaky_relu")(h, train)
     elif self.second_norm == "bn":
@@ -182,9 +292,16 @@ class ConvBlockRes(_Base):
     else:
       raise ValueError(f"second_norm must be 'bn' or 'abn', got {self.second_norm!r}")
     h = self.conv("conv2", self.features)(h)
-    if x.shape[-1] != self.features:
-      x = self.conv("shortcut", self.features, kernel=(1, 1), bias=True)(x)
+    if x.shape[-1] != self.features * self.fold:
+      x = self.conv("shortcut", self.features, kernel=(1, 1), bias=True, in_groups=g)(x)
+    elif g > 1:
+      raise ValueError("a grouped folded input needs a shortcut convolution (its channel count "
+                       "equals the unit's)")
     return x + h
+
+
+def _unit_cls(remat):
+  return rematted(ConvBlockRes, remat, "unit", num_static=1)
 
 
 class ResStage(_Base):
@@ -195,10 +312,16 @@ class ResStage(_Base):
 
   @nn.compact
   def __call__(self, x, train: bool):
+    unit = _unit_cls(self.remat)
     for i in range(self.num_blocks):
-      x = ConvBlockRes(features=self.features, second_norm=self.second_norm,
-                       name=f"conv_block{i + 1}", **self.shared())(x, train)
+      x = unit(features=self.features, second_norm=self.second_norm,
+               name=f"conv_block{i + 1}", **self.shared())(x, train)
     return x
+
+
+def stage_cls(cls, remat):
+  """A stage class (``ResStage``, ``DecoderStage``), rematerialised when ``remat`` is per stage."""
+  return rematted(cls, remat, "stage", num_static=1)
 
 
 def avg_pool(x, pool):
@@ -222,42 +345,74 @@ def upsample_conv(x, kernel, precision=None):
   return jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(b, t * st, f * sf, o)
 
 
+def upsample_conv_folded(x, kernel, fold, precision=None):
+  """``upsample_conv`` of an input folded by ``fold``: returns (y, s_out), y folded by
+  s_out = fold * s_f. Each folded cell becomes the same folded cell of the output (the frequency
+  factor moves into the sub-positions), so only the time rows interleave."""
+  b, t, q, _ = x.shape
+  st = kernel.shape[0]
+  wm, s_out = folding.upsample_kernel(kernel, fold)
+  y = jnp.dot(x.reshape(-1, x.shape[-1]), wm, precision=precision)
+  y = y.reshape(b, t, q, st, -1)
+  return jnp.transpose(y, (0, 1, 3, 2, 4)).reshape(b, t * st, q, y.shape[-1]), s_out
+
+
 class UpsampleConv(nn.Module):
   """PyTorch's ConvTranspose2d(k = s, padding 0, no bias) (see ``upsample_conv``); the kernel is
-  stored as (kT, kF, in, out) = PyTorch's (in, out, kT, kF) weight transposed by (2, 3, 0, 1)."""
+  stored as (kT, kF, in, out) = PyTorch's (in, out, kT, kF) weight transposed by (2, 3, 0, 1).
+  On an input folded by ``fold`` > 1 the output is folded by ``out_fold``."""
   features: int
   factors: Tuple[int, int]
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
   precision: Any = None
+  fold: int = 1
+  out_fold: int = 1
 
   @nn.compact
   def __call__(self, x):
     ft, ff = self.factors
-    kernel = self.param("kernel", conv_init, (ft, ff, x.shape[-1], self.features),
+    kernel = self.param("kernel", conv_init, (ft, ff, x.shape[-1] // self.fold, self.features),
                         self.param_dtype)
     dtype = self.dtype or jnp.promote_types(x.dtype, kernel.dtype)
-    return upsample_conv(x.astype(dtype), kernel.astype(dtype), self.precision)
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    if self.fold == 1 and self.out_fold == 1:
+      return upsample_conv(x, kernel, self.precision)
+    y, s = upsample_conv_folded(x, kernel, self.fold, self.precision)
+    return folding.refold(y, s, self.out_fold)
 
 
 class DecoderStage(_Base):
   """DecoderBlockRes4B: BN-ReLU on the input, transposed-conv upsampling, concat with the skip
-  ([upsampled, skip]), then ``num_blocks`` ConvBlockRes units (``conv_block2`` ...)."""
+  ([upsampled, skip]), then ``num_blocks`` ConvBlockRes units (``conv_block2`` ...).
+
+  Folded (``fold`` of the skip's level, ``in_fold`` of the input's): the concatenation is of lane
+  blocks, read by the first unit as two channel groups."""
   features: int = 32
   factors: Tuple[int, int] = (2, 2)
   num_blocks: int = 4
   second_norm: str = "bn"
   input_activation: str = "relu"
+  in_fold: int = 1
 
   @nn.compact
   def __call__(self, x, skip, train: bool):
-    h = activation_fn(self.input_activation)(self.bn("bn1")(x, train))
+    h = activation_fn(self.input_activation)(self.bn("bn1", fold=self.in_fold)(x, train))
     h = UpsampleConv(self.features, tuple(self.factors), dtype=self.dtype,
-                     param_dtype=self.param_dtype, precision=self.precision, name="conv1")(h)
+                     param_dtype=self.param_dtype, precision=self.precision, fold=self.in_fold,
+                     out_fold=self.fold, name="conv1")(h)
+    groups = 1
+    if self.fold > 1:
+      if skip.shape[-1] != h.shape[-1]:
+        raise ValueError("a folded decoder concatenates equal channel counts, got "
+                         f"{h.shape[-1] // self.fold} and {skip.shape[-1] // self.fold}")
+      groups = 2
     h = jnp.concatenate([h, skip.astype(h.dtype)], axis=-1)
+    unit = _unit_cls(self.remat)
     for i in range(self.num_blocks):
-      h = ConvBlockRes(features=self.features, second_norm=self.second_norm,
-                       name=f"conv_block{2 + i}", **self.shared())(h, train)
+      h = unit(features=self.features, second_norm=self.second_norm,
+               in_groups=groups if i == 0 else 1, name=f"conv_block{2 + i}",
+               **self.shared())(h, train)
     return h
 
 

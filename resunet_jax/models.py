@@ -35,6 +35,7 @@ from ml_collections import config_dict
 
 from resunet_jax import backbones
 from resunet_jax import backends
+from resunet_jax import folding
 from resunet_jax import layers
 from resunet_jax import masks
 from resunet_jax import pqmf
@@ -67,6 +68,23 @@ ARCHITECTURES = {
 }
 
 SECOND_NORMS = ("bn", "abn")
+LAYOUTS = ("auto", "natural", "folded")
+
+
+def resolve_layout(layout, platform=None):
+  """"auto" -> "folded" on TPU (``platform``, default JAX's default backend), else "natural"."""
+  if layout != "auto":
+    return layout
+  if platform is None:
+    platform = jax.default_backend()
+  return "folded" if platform == "tpu" else "natural"
+
+
+def for_platform(model, platform):
+  """``model`` with its "auto" runtime choices (conv backend, layout) made for ``platform``
+  ("cpu", "gpu", "tpu"): what it would choose running there. Cross-compilation uses it."""
+  return model.clone(conv_backend=backends.resolve(model.conv_backend, platform),
+                     layout=resolve_layout(model.layout, platform))
 
 
 class ModelFieldError(ValueError):
@@ -97,9 +115,16 @@ class Separator(nn.Module):
   dtype: Optional[Dtype] = None  # compute dtype of the UNet (e.g. "bfloat16"); front end float32+
   param_dtype: Dtype = jnp.float32
   precision: Any = None  # of the convolutions and matmuls: None, "default", "high", "highest"
-  # Runtime choices (not part of the architecture, not saved with a model):
+  # Runtime choices (not part of the architecture, not saved with a model; the same parameters
+  # and, up to rounding, the same outputs whatever they are):
   bn_axis_name: Optional[str] = None  # set inside shard_map for synchronised BatchNorm
-  conv_backend: str = "xla"  # see resunet_jax.backends
+  conv_backend: str = "auto"  # see resunet_jax.backends ("auto": "cpu" on CPU hosts, else "xla")
+  # Activation layout (resunet_jax.folding): "natural" (B, T, F, C); "folded": frequency bins
+  # folded into the channels up to 128 lanes (TPU); "auto": folded when compiling for a TPU.
+  layout: str = "auto"
+  # Rematerialisation (memory for FLOPs in training): "none", "unit", "stage" or
+  # "<unit|stage>:<jax.checkpoint_policies name>" (layers.parse_remat).
+  remat: str = "none"
 
   def __post_init__(self):
     _validate(self)
@@ -123,7 +148,21 @@ class Separator(nn.Module):
     """The fields every layer of the backbone shares (``layers._Base``)."""
     return dict(activation=self.activation, momentum=self.bn_momentum,
                 axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype,
-                precision=self.precision, conv_backend=self.conv_backend)
+                precision=self.precision, conv_backend=self.conv_backend, remat=self.remat)
+
+  def folds(self):
+    """The frequency fold of each level's activations, then the centre's: all 1 in the natural
+    layout; folded, each level's bins folded into its channels up to 128 lanes
+    (``folding.fold_factor``)."""
+    levels = len(self.channels) + 1
+    if resolve_layout(self.layout) != "folded":
+      return (1,) * levels
+    bins, folds = self.n_fft // 2, []
+    for i in range(levels):
+      folds.append(folding.fold_factor(self.channels[min(i, levels - 2)], bins))
+      if i < levels - 1:
+        bins //= self.pools[i][1]
+    return tuple(folds)
 
   @nn.compact
   def __call__(self, waveform, train: bool = False, return_head: bool = False):
@@ -164,9 +203,13 @@ class Separator(nn.Module):
       h = h.astype(self.dtype)
 
     h = backbones.get(self.backbone)(self, h, train)
+    fold = 1
+    if isinstance(h, backbones.Folded):
+      h, fold = h
     head = layers.conv(self.head_channels, (1, 1), bias=True, dtype=self.dtype,
                        param_dtype=self.param_dtype, precision=self.precision,
-                       backend=self.conv_backend, name="after_conv2")(h)  # (B, T_pad, F, S*C*K*N)
+                       backend=self.conv_backend, fold=fold, name="after_conv2")(h)
+    head = folding.unfold(head, fold)  # (B, T_pad, F, S*C*K*N)
     raw_head = head
 
     head = head.astype(front_dtype)
@@ -233,7 +276,13 @@ def _validate(m):
   choice("decoder_activation", layers.ACTIVATIONS)
   choice("second_norm", SECOND_NORMS)
   choice("mask", masks.MASKS, user_code("mask"))
-  choice("conv_backend", backends.BACKENDS)
+  if m.conv_backend != backends.AUTO:
+    choice("conv_backend", backends.BACKENDS)
+  choice("layout", LAYOUTS)
+  try:
+    layers.parse_remat(m.remat)
+  except ValueError as e:
+    fail("remat", str(e))
   channels, pools = tuple(m.channels), tuple(m.pools)
   if not channels or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1
                          for c in channels):
@@ -261,7 +310,7 @@ def _validate(m):
 ARCH_OPTIONS = ("width", "levels")  # build_model's shorthands on top of the Separator fields
 # Fields the data decides (number of target sources, stereo audio), not config.model.
 DATA_FIELDS = ("num_sources", "audio_channels")
-RUNTIME_FIELDS = ("bn_axis_name", "conv_backend")
+RUNTIME_FIELDS = ("bn_axis_name", "conv_backend", "layout", "remat")
 
 
 def separator_fields():

@@ -1,4 +1,5 @@
-"""Every JAX transformation works on ``model.apply``, for every architecture and both backends.
+"""Every JAX transformation works on ``model.apply``, for every architecture, both conv backends,
+the frequency-folded layout (what TPUs run) and rematerialisation.
 
 The model is plain Flax/XLA (no custom_vjp), so forward mode (jvp, jacfwd, linearize), reverse
 mode, their compositions (Hessian-vector products, grad of grad) and vmap all apply. The checks
@@ -18,8 +19,16 @@ import pytest
 from resunet_jax import models
 
 TINY = dict(width=0.125, levels=2, blocks_per_stage=1, center_blocks=1, num_sources=2)
+# (architecture, variant): the variant names the runtime options of the model.
+VARIANTS = {
+    "xla": dict(conv_backend="xla", layout="natural"),
+    "cpu": dict(conv_backend="cpu", layout="natural"),
+    "folded": dict(conv_backend="xla", layout="folded"),
+    "remat": dict(conv_backend="xla", layout="natural", remat="unit"),
+}
 CASES = [(arch, "xla") for arch in sorted(models.ARCHITECTURES)] + [
-    ("mobilenet_subbandtime", "cpu")]
+    ("mobilenet_subbandtime", "cpu"), ("resunet143_ismir2021", "folded"),
+    ("resunet143_subbandtime", "remat")]
 
 
 RTOL = 1e-8
@@ -36,7 +45,7 @@ def _float64():
 
 @functools.lru_cache(maxsize=None)
 def _setup32(arch, backend):
-  model = models.build_model(arch, conv_backend=backend, **TINY)
+  model = models.build_model(arch, **VARIANTS[backend], **TINY)
   return model, models.init_variables(model, jax.random.PRNGKey(0))
 
 

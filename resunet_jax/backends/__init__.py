@@ -25,11 +25,14 @@ BACKENDS = {"xla": None, "cpu": "resunet_jax.backends.cpu"}
 AUTO = "auto"
 
 
-def resolve(name):
-  """``name``, with "auto" replaced by "cpu" on CPU hosts and "xla" elsewhere."""
+def resolve(name, platform=None):
+  """``name``, with "auto" replaced by "cpu" on CPU hosts and "xla" elsewhere (``platform``:
+  where the model will run, default JAX's default backend)."""
   if name == AUTO:
-    import jax  # pylint: disable=g-import-not-at-top
-    return "cpu" if jax.default_backend() == "cpu" else "xla"
+    if platform is None:
+      import jax  # pylint: disable=g-import-not-at-top
+      platform = jax.default_backend()
+    return "cpu" if platform == "cpu" else "xla"
   check(name)
   return name
 

@@ -25,9 +25,16 @@ from resunet_jax.training import step as step_lib
 AUDIO_CHANNELS = 2
 
 
-def build_model(config) -> models.Separator:
-  """The Separator of ``config.model``, one output per ``config.data.target_sources``."""
-  return models.build_model(num_sources=len(config.data.target_sources), **config.model)
+def build_model(config, platform=None) -> models.Separator:
+  """The Separator of ``config.model``, one output per ``config.data.target_sources``; with
+  ``platform`` ("cpu", "gpu", "tpu"), its "auto" runtime options (conv backend, layout) are
+  chosen for that platform (``models.for_platform``), else where it runs."""
+  model = models.build_model(num_sources=len(config.data.target_sources), **config.model)
+  return model if platform is None else models.for_platform(model, platform)
+
+
+def mesh_platform(mesh) -> str:
+  return mesh.devices.flat[0].platform
 
 
 def segment_samples(config) -> int:
@@ -81,8 +88,10 @@ class TrainProgram:
 
 
 def train_program(config, mesh, *, donate: bool = True) -> TrainProgram:
-  """The train step ``train.py`` runs for ``config`` on ``mesh``."""
-  model = build_model(config)
+  """The train step ``train.py`` runs for ``config`` on ``mesh`` (the model's "auto" options
+  chosen for the mesh's platform, so a mesh of TPU devices described on another host gets what a
+  TPU host would run)."""
+  model = build_model(config, mesh_platform(mesh))
   tx = optim.make_optimizer(config)
   lr_fn = optim.make_schedule(config)
   train_step = step_lib.make_train_step(mesh, model, tx, lr_fn, step_lib.LOSSES[config.loss],
@@ -123,7 +132,7 @@ class EvalProgram:
 
 def eval_program(config, mesh, *, num_segments=None, model=None) -> EvalProgram:
   """The validation step ``train.py`` runs for ``config`` on ``mesh``."""
-  model = build_model(config) if model is None else model
+  model = build_model(config, mesh_platform(mesh)) if model is None else model
   if num_segments is None:
     num_segments = config.validation.num_segments
   window = int(round(config.validation.window_seconds * sources_lib.SAMPLE_RATE))
