@@ -35,6 +35,9 @@ EXTRAS = {
     # gs:// work directories, model directories, TFDS data and evaluation outputs: Orbax needs
     # google-cloud-storage at run time for gs:// (bucket lookups when it lists and deletes steps).
     "gcs": ["google-cloud-storage>=2.18"],
+    # resunet-aot: cross-compiling for TPU slices on any host (libtpu as a compiler; nothing is
+    # contacted, see resunet_jax.aot). jax[tpu] pins the libtpu that matches the installed jax.
+    "tpu": ["jax[tpu]>=0.8"],
     "test": [
         "pytest>=8",
         "pytest-timeout>=2.2",
@@ -44,7 +47,8 @@ EXTRAS = {
         "cryptography>=41",
     ],
 }
-EXTRAS["dev"] = EXTRAS["test"] + EXTRAS["torch"] + EXTRAS["gcs"] + ["torchlibrosa>=0.1.0"]
+EXTRAS["dev"] = (EXTRAS["test"] + EXTRAS["torch"] + EXTRAS["gcs"] + EXTRAS["tpu"]
+                 + ["torchlibrosa>=0.1.0"])
 
 setup(
     name="resunet_jax",
@@ -57,7 +61,6 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["resunet_jax", "resunet_jax.*"]),
     include_package_data=True,
-    package_data={"resunet_jax": ["csrc/*.cc", "csrc/*.inc"]},  # compiled on first use
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={
@@ -68,6 +71,7 @@ setup(
             "resunet-convert = resunet_jax.convert:main",
             "resunet-compare = resunet_jax.compare.cli:main",
             "resunet-build-data = resunet_jax.data.build:main",
+            "resunet-aot = resunet_jax.cli.aot:run",
         ],
     },
 )

@@ -13,7 +13,8 @@ For each configuration, each measurement in a fresh process:
     compilation, data preparation and the final checkpoint cancelling out.
 Overhead = train.py / bare - 1. ``--repo`` points at another checkout (e.g. an older commit in a
 ``git worktree``) to measure its train.py the same way (its bare step is measured with this
-checkout's code if the older API differs). Prints one table.
+checkout's code if the older API differs). ``--accelerator`` measures on the attached GPU/TPU
+(default: the CPU, accelerators hidden). Prints one table.
 """
 import argparse
 import json
@@ -85,13 +86,18 @@ def worker_bare(name, data, steps, repo):
   return {"seconds_per_step": (time.perf_counter() - start) / steps}
 
 
+ACCELERATOR = False  # --accelerator: leave the GPUs visible to train.py
+
+
 def _train_py(repo, name, data, steps, cache):
   path, overrides = _overrides(name, data)
   workdir = tempfile.mkdtemp(prefix="bench_loop_")
   args = [sys.executable, "train.py", f"--config={path}", f"--workdir={workdir}/run",
           f"--config.num_train_steps={steps}", f"--config.compilation_cache_dir={cache}"]
   args += [f"--config.{k}={v}" for k, v in overrides.items()]
-  env = dict(os.environ, PYTHONPATH=repo, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+  env = dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="2")
+  if not ACCELERATOR:
+    env["CUDA_VISIBLE_DEVICES"] = ""
   if workers.have_tcmalloc():
     env["LD_PRELOAD"] = workers.TCMALLOC
   start = time.perf_counter()
@@ -121,8 +127,12 @@ def main():
   parser.add_argument("--warm", type=int, default=10)
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--repo", default=ROOT)
+  parser.add_argument("--accelerator", action="store_true",
+                      help="time on the attached GPU/TPU (one device) instead of the CPU")
   parser.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  global ACCELERATOR
+  ACCELERATOR = args.accelerator
   if args.worker is not None:
     name, data, steps, repo = args.worker
     workers.report(worker_bare(name, data, int(steps), repo))

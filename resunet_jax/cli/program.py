@@ -116,6 +116,54 @@ def add_import_argument(parser):
   return parser
 
 
+def _unknown_override(argv):
+  """The first ``--config.a.b=...`` whose key the config file does not have, and the valid keys
+  at that level (config_flags raises a bare KeyError/AttributeError for it)."""
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if path is None or not os.path.isfile(path):
+    return None
+  spec = importlib.util.spec_from_file_location("_train_config", path)
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    key = arg[len("--config."):].split("=", 1)[0]
+    node = config
+    for i, part in enumerate(key.split(".")):
+      if not hasattr(node, "keys") or part not in node:
+        where = ".".join(key.split(".")[:i]) or "config"
+        choices = sorted(node.keys()) if hasattr(node, "keys") else []
+        return key, where, choices
+      node = node[part]
+  return None
+
+
+def parse_flags_with_config(argv, prog):
+  """absl's flag parsing for a program with ``--config``: a bad flag or config override prints
+  ``<prog>: error: ...`` (an unknown ``--config.a.b`` names the keys at that level) and exits 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:  # wrong type, missing required flag, ...
+    print(f"{prog}: error: {e}\nPass --helpshort to see the flags.", file=sys.stderr)
+    sys.exit(2)
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    found = None
+    try:
+      found = _unknown_override(argv)
+    except Exception:  # pylint: disable=broad-except
+      pass
+    if found:
+      key, where, choices = found
+      message = f"unknown config key '{key}' (keys of {where}: {', '.join(choices)})"
+    else:
+      message = f"bad config override: {e}"
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def config_root_on_path(argv):
   """Puts the folder above a ``--config=<folder>/<file>.py``'s folder on ``sys.path`` (appended,
   when missing: ``python train.py`` in the checkout already has it first)."""

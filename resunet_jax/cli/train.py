@@ -17,7 +17,6 @@ so that ``--config.model.mask=<name>`` finds a mask it registers (``resunet_jax.
 
   python train.py --config=configs/small.py --workdir=/tmp/resunet_small
 """
-import importlib.util
 import os
 import sys
 
@@ -45,55 +44,13 @@ program.define_import_flag()  # --import=MODULE: user masks/backbones, imported 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _unknown_override(argv):
-  """The first ``--config.a.b=...`` whose key the config file does not have, and the valid keys
-  at that level (config_flags raises a bare KeyError/AttributeError for it)."""
-  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if path is None or not os.path.isfile(path):
-    return None
-  spec = importlib.util.spec_from_file_location("_train_config", path)
-  module = importlib.util.module_from_spec(spec)
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for arg in argv:
-    if not arg.startswith("--config."):
-      continue
-    key = arg[len("--config."):].split("=", 1)[0]
-    node = config
-    for i, part in enumerate(key.split(".")):
-      if not hasattr(node, "keys") or part not in node:
-        where = ".".join(key.split(".")[:i]) or "config"
-        choices = sorted(node.keys()) if hasattr(node, "keys") else []
-        return key, where, choices
-      node = node[part]
-  return None
-
-
 def _prog():
   """The program's name in messages: train.py, or resunet-train."""
   return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "train.py"
 
 
 def parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:  # wrong type, missing required flag, ...
-    print(f"{_prog()}: error: {e}\nPass --helpshort to see the flags.", file=sys.stderr)
-    sys.exit(2)
-  except (KeyError, AttributeError, TypeError, ValueError) as e:
-    found = None
-    try:
-      found = _unknown_override(argv)
-    except Exception:  # pylint: disable=broad-except
-      pass
-    if found:
-      key, where, choices = found
-      message = f"unknown config key '{key}' (keys of {where}: {', '.join(choices)})"
-    else:
-      message = f"bad config override: {e}"
-    print(f"{_prog()}: error: {message}", file=sys.stderr)
-    sys.exit(2)
+  return program.parse_flags_with_config(argv, _prog())
 
 
 def main(argv):
