@@ -84,6 +84,11 @@ class TrainCheckpoints:
   def all_steps(self):
     return list(self.manager.all_steps())
 
+  def saved_replicas(self, step: int) -> int:
+    """How many replicas checkpoint ``step`` holds (1 for one run)."""
+    return model_checkpoint.step_replicas(model_checkpoint.read_step_meta(self.directory /
+                                                                          str(step)))
+
   def reached_preemption(self, step: int) -> bool:
     """Whether all processes reached JAX's preemption sync point at ``step`` (several processes
     only; always False in a single process)."""
