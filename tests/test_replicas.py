@@ -14,6 +14,9 @@ AMSGrad updates in float32 AND in float64, against 3e-8 with SGD).
 import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
 import sys
 
 import jax
@@ -79,16 +82,17 @@ def _read_step(workdir, step):
 
 
 def _train(config, devices, steps):
-  """(final state on the host, per-update losses) of ``steps`` updates of the program train.py
-  builds for ``config`` on ``devices``."""
+  """(initial state, final state, per-update losses), on the host, of ``steps`` updates of the
+  program train.py builds for ``config`` on ``devices``."""
   program = program_lib.train_program(config, program_lib.make_mesh_for(config, devices))
   state = program.init_state()
+  init = jax.device_get(state)
   batches = loop._train_batches(config, program, 0)  # pylint: disable=protected-access
   losses = []
   for _ in range(steps):
     state, metrics = program.train_step(state, next(batches), program.empty_metrics())
     losses.append(loop._read_metrics(metrics)["loss"])  # pylint: disable=protected-access
-  return jax.device_get(state), np.asarray(losses)
+  return init, jax.device_get(state), np.asarray(losses)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,6 +157,7 @@ def test_one_replica_is_todays_program_and_replicas_lower_with_abstract_argument
 # Replica k = seed + k alone.
 
 
+@pytest.mark.slow
 def test_replica_k_ends_where_seed_plus_k_alone_does_on_both_layouts():
   """3 updates of R = 2 replicas against seeds 0 and 1 trained alone (one device): replicas
   vmapped on one device, and one replica per device on a 2 x 4 mesh (gradient and BatchNorm
@@ -160,31 +165,22 @@ def test_replica_k_ends_where_seed_plus_k_alone_does_on_both_layouts():
   max |value| (float32): parameters 3.0e-8 (replica 0), 1.2e-7 (replica 1), BatchNorm statistics
   8.3e-8 and 7.7e-8, the same on both layouts (tolerance 2e-6)."""
   steps = 3
-  alone = []
-  for k in range(R):
-    state, losses = _train(_config(replicas=1, seed=k), jax.devices()[:1], steps)
-    alone.append((state, losses))
-  init_alone = jax.device_get(program_lib.train_program(
-      _config(replicas=1, seed=1), program_lib.make_mesh_for(_config(replicas=1),
-                                                             jax.devices()[:1])).init_state())
+  alone = [_train(_config(replicas=1, seed=k), jax.devices()[:1], steps) for k in range(R)]
   for devices, method in ((jax.devices()[:1], "vmap"), (jax.devices()[:8], "auto")):
     config = _config(replica_method=method)
-    program = program_lib.train_program(config, program_lib.make_mesh_for(config, devices))
-    init = jax.device_get(program.init_state())
-    # Replica 1's initialisation is seed 1's, bit for bit.
-    for a, b in zip(jax.tree_util.tree_leaves(_replica(init.params, 1)),
-                    jax.tree_util.tree_leaves(init_alone.params)):
-      np.testing.assert_array_equal(a, b)
-    state, losses = _train(config, devices, steps)
+    init, state, losses = _train(config, devices, steps)
     assert int(state.step) == steps
     for k in range(R):
-      alone_state, alone_losses = alone[k]
+      alone_init, alone_state, alone_losses = alone[k]
+      # Replica k's initialisation is seed k's, bit for bit.
+      for a, b in zip(jax.tree_util.tree_leaves(_replica(init.params, k)),
+                      jax.tree_util.tree_leaves(alone_init.params)):
+        np.testing.assert_array_equal(a, b)
       np.testing.assert_allclose(losses[:, k], alone_losses, rtol=1e-5)
       for what in ("params", "batch_stats"):
         difference = _relative_difference(getattr(alone_state, what),
                                           _replica(getattr(state, what), k))
-        print(f"{len(devices)} device(s), {program.replica_method}, replica {k} {what}: "
-              f"{difference:.2e}")
+        print(f"{len(devices)} device(s), {method}, replica {k} {what}: {difference:.2e}")
         assert difference <= 2e-6
     # The comparison has teeth: the two replicas are different runs.
     assert _relative_difference(_replica(state.params, 0), _replica(state.params, 1)) > 1e-2
@@ -226,8 +222,9 @@ def run(tmp_path_factory, cache_dir):
   return workdir
 
 
-def test_checkpoints_hold_every_replica_and_resume_bit_exactly_and_elastically(run, tmp_path,
-                                                                              cache_dir):
+@pytest.mark.slow
+def test_checkpoints_hold_every_replica_and_resume_bit_exactly_and_elastically(
+    run, tmp_path, cache_dir, monkeypatch):
   meta = json.load(open(os.path.join(run, "checkpoints", "2", "meta", "metadata")))
   assert meta["replicas"] == R and meta["seeds"] == [0, 1]
   assert len(meta["replica_validation"]) == R
@@ -236,9 +233,23 @@ def test_checkpoints_hold_every_replica_and_resume_bit_exactly_and_elastically(r
   reference = _read_step(run, STEPS)
   assert reference["variables['params']['bn0']['scale']"].shape[0] == R
 
-  # Interrupted after 2 updates, resumed to 4 on the same layout: bit for bit.
+  # A preemption notice (SIGTERM) while update 3 is prepared: the run saves step 3 and stops; what
+  # it saved is the uninterrupted run's step 3, and resumed to 4 it ends bit for bit there.
+  real, sent = inputs.train_batches, []
+
+  def notice(config, *, start_step, **kw):
+    for i, batch in enumerate(real(config, start_step=start_step, **kw)):
+      if start_step + i == 2 and not sent:
+        sent.append(os.kill(os.getpid(), signal.SIGTERM))
+      yield batch
   workdir = str(tmp_path / "resumed")
-  loop.train_and_evaluate(_config(cache_dir, num_train_steps=2), workdir)
+  with monkeypatch.context() as patch:
+    patch.setattr(inputs, "train_batches", notice)
+    with pytest.raises(loop.Preempted) as stopped:
+      loop.train_and_evaluate(_config(cache_dir), workdir)
+  assert stopped.value.step == 3 and len(sent) == 1
+  preempted = _read_step(workdir, 3)
+  assert not [k for k in preempted if not np.array_equal(preempted[k], _read_step(run, 3)[k])]
   elastic = str(tmp_path / "elastic")
   shutil.copytree(workdir, elastic)
   loop.train_and_evaluate(_config(cache_dir), workdir)
@@ -246,14 +257,14 @@ def test_checkpoints_hold_every_replica_and_resume_bit_exactly_and_elastically(r
   assert sorted(resumed) == sorted(reference)
   different = [k for k in reference if not np.array_equal(reference[k], resumed[k])]
   assert not different, different[:3]
-  assert not np.array_equal(reference["variables['params']['bn0']['scale']"],
-                            _read_step(workdir, 3)["variables['params']['bn0']['scale']"])
+  assert not np.array_equal(reference["variables['params']['bn0']['scale']"], preempted[
+      "variables['params']['bn0']['scale']"])
 
   # Elastic: resumed on 8 devices (a 2 x 4 mesh: each replica's batch split over 4 devices), the
   # same updates up to rounding.
   loop.train_and_evaluate(_config(cache_dir, num_devices=8), elastic)
   record = history.starts(elastic)[-1]
-  assert (record["resumed_from_step"], record["devices"]) == (2, 8)
+  assert (record["resumed_from_step"], record["devices"]) == (3, 8)
   variables = {k: v for k, v in reference.items() if k.startswith("variables")}
   difference = _relative_difference(
       variables, {k: v for k, v in _read_step(elastic, STEPS).items() if k in variables})
@@ -274,6 +285,7 @@ def test_a_run_from_before_replicas_existed_resumes_without_a_recipe_change():
   assert history.recipe_changes(old, dict(old, replicas=2)) == [("replicas", 1, 2)]
 
 
+@pytest.mark.slow  # the replicated run (fixture)
 def test_load_model_picks_a_replica_and_names_the_valid_range(run, tmp_path):
   with pytest.raises(ValueError, match=r"holds 2 replicas .* choose one with replica=k "
                                        r"\(--replica=k\), 0 <= k <= 1"):
@@ -307,6 +319,7 @@ def test_load_model_picks_a_replica_and_names_the_valid_range(run, tmp_path):
                             init_from=run)
 
 
+@pytest.mark.slow  # the replicated run (fixture)
 def test_metrics_per_replica_and_their_mean_for_tensorboard_and_compare(run):
   from resunet_jax import compare  # pylint: disable=g-import-not-at-top
   mean = compare.read_scalars(run)
@@ -329,6 +342,7 @@ def _song(seconds=2.0, seed=0):
   return vocals.astype(np.float32), accompaniment.astype(np.float32)
 
 
+@pytest.mark.slow  # the replicated run (fixture)
 def test_eval_scores_each_replica_into_its_own_folder(run, tmp_path, monkeypatch, capsys):
   from resunet_jax.cli import evaluate as evaluate_cli  # pylint: disable=g-import-not-at-top
   from resunet_jax.evaluation import loop as eval_loop  # pylint: disable=g-import-not-at-top
@@ -366,6 +380,7 @@ def test_eval_scores_each_replica_into_its_own_folder(run, tmp_path, monkeypatch
   capsys.readouterr()
 
 
+@pytest.mark.slow  # the replicated run (fixture)
 def test_separate_needs_a_replica_of_a_replicated_run(run, tmp_path, capsys):
   from resunet_jax.cli import separate as separate_cli  # pylint: disable=g-import-not-at-top
   vocals, accompaniment = _song(1.5)
@@ -384,3 +399,47 @@ def test_separate_needs_a_replica_of_a_replicated_run(run, tmp_path, capsys):
                               str(out)] + chunk) == 0
     written.append(sf.read(str(out / "song" / "vocals.wav"))[0])
   assert not np.array_equal(written[0], written[1])
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_each_holding_a_replica_train_like_one_process(run, tmp_path, cache_dir):
+  """2 processes x 2 CPU devices (jax.distributed on localhost): the 2 x 2 mesh puts replica k on
+  process k's devices, so each process makes only its replica's batches and validates only its
+  replica; after 2 updates the run holds the parameters of the one-process run (the ``run``
+  fixture, a 2 x 1 mesh) to float rounding (measured 1.9e-7, tolerance 2e-6)."""
+  overrides = {"data.name": "random", "model.levels": 1, "replicas": R, "optimizer.name": "sgd",
+               "optimizer.learning_rate": 0.05, "num_train_steps": 2, "eval_every_steps": 2,
+               "checkpoint_every_steps": 2, "compilation_cache_dir": cache_dir}
+  workdir = str(tmp_path / "run")
+  port = _free_port()
+  procs = []
+  for i in range(2):
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO,
+               TF_CPP_MIN_LOG_LEVEL="2", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+    env.pop("XLA_FLAGS", None)
+    procs.append(subprocess.Popen(
+        [sys.executable, "train.py", "--config=configs/smoke.py", f"--workdir={workdir}",
+         *[f"--config.{k}={v}" for k, v in overrides.items()]],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  logs = [p.communicate(timeout=900)[0] for p in procs]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log[-4000:]
+  assert "replica x data = 2 x 2: 2 replicas (seeds 0..1), 1 per device" in logs[0], logs[0][-3000:]
+  assert "step 2 validation per replica: replica_0" in logs[0]
+  meta = json.load(open(os.path.join(workdir, "checkpoints", "2", "meta", "metadata")))
+  assert (meta["devices"], meta["processes"], meta["replicas"]) == (4, 2, R)
+  reference_meta = json.load(open(os.path.join(run, "checkpoints", "2", "meta", "metadata")))
+  np.testing.assert_allclose(meta["validation"]["val/sdr"],
+                             reference_meta["validation"]["val/sdr"], rtol=1e-4)
+  ours, theirs = _read_step(workdir, 2), _read_step(run, 2)
+  variables = [k for k in theirs if k.startswith("variables")]
+  difference = _relative_difference([theirs[k] for k in variables], [ours[k] for k in variables])
+  print(f"2 processes x 2 devices vs 1 x 2: {difference:.2e}")
+  assert difference <= 2e-6

@@ -183,13 +183,13 @@ def initial_state(config, program, ckpts, latest: Optional[int], init_from: Opti
   previous one (``TrainCheckpoints.restore_latest_good``). ``program``: the run's
   ``program.TrainProgram`` (the state's shapes and shardings, replicas included)."""
   model, mesh = program.model, program.mesh
-  abstract = program.abstract_state()
+  abstract = program.abstract_state()  # shapes and shardings on this run's mesh
   if latest is not None:
     if init_from:
       logging.warning("Resuming %s at step %d; --init_from %s is ignored.", ckpts.directory,
                       latest, init_from)
     saved_replicas = ckpts.saved_replicas(latest)
-    if saved_replicas != program.replicas:
+    if saved_replicas is not None and saved_replicas != program.replicas:
       raise ValueError(
           f"checkpoint {latest} in {ckpts.directory} holds {saved_replicas} replica(s); "
           f"config.replicas is {program.replicas}. A run's number of replicas cannot change: "

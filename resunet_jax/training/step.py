@@ -13,7 +13,7 @@ program. Every leaf of the state but the step counter gets a leading replica axi
 (R, B, ...), and the mesh is 2-D, (``"replica"``, ``"data"``): the replica axis of the state and
 the batch is split over ``"replica"``, the batch axis over ``"data"``, and the gradient and
 BatchNorm means run over ``"data"`` only -- replicas never talk to each other. A device holding
-several replicas runs them with ``jax.vmap`` or ``lax.map`` (``REPLICA_METHODS``).
+several replicas runs them by one of ``REPLICA_METHODS`` (``over_replicas``).
 """
 import functools
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -36,9 +36,11 @@ from resunet_jax.training import state as state_lib
 AXIS = "data"
 REPLICA_AXIS = "replica"
 # How a device runs the replicas it holds: "vmap" batches them (one program over a leading axis;
-# convolutions with per-replica kernels become grouped convolutions), "map" runs them one after
-# the other in a loop on the device (``lax.map``; each iteration is the one-replica program).
-REPLICA_METHODS = ("vmap", "map", "unroll")
+# convolutions with per-replica kernels become grouped convolutions), "unroll" writes the
+# one-replica step out once per replica in the same program, "map" runs them one after the other
+# in a loop on the device (``lax.map``; the loop body is the one-replica step). Which is fastest
+# depends on the platform: ``program.resolve_replica_method``.
+REPLICA_METHODS = ("vmap", "unroll", "map")
 
 Metrics = Dict[str, jax.Array]
 
@@ -181,8 +183,9 @@ def make_train_step(mesh, model: models.Separator, tx: optax.GradientTransformat
 
 def over_replicas(fn, method: str, *args, shared=()):
   """``fn(*args_k, *shared)`` for every replica k (leading axis of each of ``args``) on this
-  device, by ``jax.vmap`` or ``lax.map`` (``REPLICA_METHODS``); outputs stacked on a leading
-  axis. ``shared`` arguments are the same for every replica."""
+  device, by ``method`` (``REPLICA_METHODS``: ``jax.vmap``, a Python loop unrolled into the
+  program, or ``lax.map``); outputs stacked on a leading axis. ``shared`` arguments are the same
+  for every replica."""
   if method == "vmap":
     return jax.vmap(lambda *a: fn(*a, *shared))(*args)
   if method == "map":
