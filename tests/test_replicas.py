@@ -377,6 +377,15 @@ def test_eval_scores_each_replica_into_its_own_folder(run, tmp_path, monkeypatch
   main(f"--workdir={run}", "--replica=1", f"--eval_dir={tmp_path / 'mine'}")
   assert sorted(os.listdir(tmp_path / "mine")) == ["replica_1"]
   assert json.load(open(tmp_path / "mine" / "replica_1" / "summary.json")) == scores[1]
+  # A model directory saved from replica 1 is one model: no replica folder, the same scores
+  # (its metadata names the step, which a model directory's evaluation folder takes over).
+  model, variables, desc = model_checkpoint.load_model(run, replica=1)
+  saved = model_checkpoint.save_model(str(tmp_path / "replica1"), model, variables,
+                                      arch=desc["arch"], sources=desc["sources"],
+                                      metadata=desc["metadata"])
+  main(f"--checkpoint={saved}")
+  assert json.load(open(os.path.join(saved, "eval", f"step_{step}", "test",
+                                     "summary.json"))) == scores[1]
   capsys.readouterr()
 
 

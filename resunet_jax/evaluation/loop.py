@@ -191,8 +191,9 @@ def evaluate_checkpoint(checkpoint_path=None, data_config=None, *, eval_dir=None
     model, variables, desc = checkpoint.load_model(checkpoint_path, replica=replica,
                                                    conv_backend=conv_backend)
     metadata = desc.get("metadata") or {}
-    replica_dir = []  # replicated runs: one folder per replica
-    if int(metadata.get("replicas", 1) or 1) > 1:
+    replica_dir = []  # replicated training runs: one folder per replica
+    if (not checkpoint.is_model_dir(checkpoint_path)
+        and int(metadata.get("replicas", 1) or 1) > 1):  # (a model directory is one model)
       replica_dir = [replica_folder(metadata["replica"])]
       if eval_dir is not None:
         eval_dir = fileutil.join(eval_dir, *replica_dir)

@@ -72,14 +72,14 @@ def replica_seeds(config):
 def resolve_replica_method(config, platform: str) -> str:
   """``config.replica_method`` with "auto" resolved for ``platform`` (a device's ``.platform``).
 
-  How a device runs the replicas it holds (measured on the 2-core CPU, configs/small.py, 4
-  replicas on one device, time of 4 replica-updates against 4 updates of one run; README
-  "Replicas"): XLA:CPU runs ``vmap``'s grouped convolutions ~2x slower than 4 single updates and
-  convolutions inside ``lax.map``'s loop ~40x slower, while ``unroll`` (the one-replica step
-  written out once per replica in the same program) is ~15% faster than 4 single updates but
-  compiles ~3x longer. "auto" = "unroll" on CPU, "vmap" elsewhere (GPU and TPU compilers have
-  native grouped convolutions, and one program over a replica axis keeps the compile time of one
-  run).
+  How a device runs the replicas it holds. Measured on the 2-core CPU (bench/bench_replicas.py,
+  configs/small.py, 4 replicas on one device; README "Replicas"): 4 replica-updates with
+  ``unroll`` (the one-replica step written out once per replica in the same program) take what 4
+  updates of one run take (3.65 s vs 3.66 s; compiling 117 s vs 42 s), with ``vmap`` 2.3x as long
+  (XLA:CPU's grouped convolutions), with ``map`` 12x (XLA:CPU runs convolutions inside a loop far
+  slower). "auto" = "unroll" on CPU, "vmap" elsewhere (GPU and TPU compilers have native grouped
+  convolutions, and one program over the replica axis keeps one run's compile time; not measured
+  here).
   """
   method = config.get("replica_method", "auto") or "auto"
   if method != "auto":
