@@ -11,9 +11,10 @@ interleaved rounds -- R updates of the one-run step against one update of each r
 the same batch -- so that the load of a shared machine falls on all of them alike; the median
 over rounds is reported.
 
-Whole runs (``--steps`` > 0): every run is the real command (``python train.py``) in a fresh work directory with its own
-compilation cache (the default ``WORKDIR/xla_cache``: what a user running them gets), on one CPU
-device, ``--steps`` updates, the config's validation and checkpoint at the last update. Measured:
+Whole runs (``--steps`` > 0): every run is the real command (``python train.py``) in a fresh work
+directory with its own compilation cache (the default ``WORKDIR/xla_cache``: what a user running
+them gets), on one CPU device, ``--steps`` updates, the config's validation and checkpoint at the
+last update. Measured:
 
   * single: R runs one after another, seeds 0 .. R-1 -- the wall time of each and their sum;
   * replicated: one run with ``--config.replicas=R`` per ``--methods`` entry

@@ -22,7 +22,6 @@ under the same tags (clu's writer collections: TensorBoard shows each replica as
 import collections
 import contextlib
 import json
-import math
 import os
 import time
 from typing import Optional
