@@ -22,6 +22,12 @@ from resunet_jax.data import recipes
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0  # model init, data sampling and the per-step RNG all derive from it.
+  # Independent runs trained in one program (seeds seed .. seed + replicas - 1, each with its own
+  # initialisation and data order; global_batch_size is per replica): README "Replicas".
+  config.replicas = 1
+  # How a device runs the replicas it holds: "auto" (unroll on CPU, vmap elsewhere), "vmap",
+  # "unroll" or "map" (resunet_jax.training.program.resolve_replica_method has the measurements).
+  config.replica_method = "auto"
 
   # The preset (a key of resunet_jax.models.ARCHITECTURES) and every Separator field, each None =
   # the preset's value: e.g. --config.model.width=0.25 --config.model.levels=4 (smaller networks

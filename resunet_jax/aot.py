@@ -275,17 +275,17 @@ def lowered_step(config, step: str, mesh, per_chip_batch: int, *, chunk_seconds=
   from resunet_jax.training import program  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  chips = mesh.devices.size
-  if step == "train":
-    config = config.copy_and_resolve_references()
-    config.global_batch_size = per_chip_batch * chips
-    prog = program.train_program(config, mesh)
-    return prog.lower(), prog.model, per_chip_batch, float(config.data.segment_seconds)
-  if step == "eval":
-    config = config.copy_and_resolve_references()
-    config.validation.batch_size = per_chip_batch * chips
-    prog = program.eval_program(config, mesh, num_segments=per_chip_batch * chips)
-    return prog.lower(), prog.model, per_chip_batch, float(config.data.segment_seconds)
+  if step in ("train", "eval"):
+    data = program.data_axis_size(mesh)  # the chips one replica's batch is split over
+    per_chip_replicas = program.num_replicas(config) // (
+        int(mesh.shape["replica"]) if program.is_replicated(mesh) else 1)
+    config = _with_batch(config, step, per_chip_batch * data)
+    if step == "train":
+      prog = program.train_program(config, mesh)
+    else:
+      prog = program.eval_program(config, mesh, num_segments=per_chip_batch * data)
+    return (prog.lower(), prog.model, per_chip_batch * per_chip_replicas,
+            float(config.data.segment_seconds))
   if step == "separate":
     # The separation tool's program: one device, model.apply on (batch, chunk, channels).
     from resunet_jax import models  # pylint: disable=g-import-not-at-top
@@ -354,16 +354,24 @@ def compile_report(config, topology: Topology, devices, step="train", per_chip_b
   gives (temporaries required, HBM available) are in it."""
   from resunet_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
   chips = len(devices)
-  if per_chip_batch is None:
-    per_chip_batch = default_per_chip_batch(config, step, chips)
-  mesh = step_lib.make_mesh(devices) if step != "separate" else step_lib.make_mesh(devices[:1])
+  if step == "separate":
+    mesh = step_lib.make_mesh(devices[:1])
+    per_chip_batch = per_chip_batch or 1
+  else:
+    mesh, per_chip_batch = step_mesh(config, step, devices, per_chip_batch)
   report = {"topology": topology.name, "generation": topology.chip.name,
             "device_kind": topology.chip.device_kind,
             "chips": chips if step != "separate" else 1, "step": step,
             "per_chip_batch": per_chip_batch}
+  replicas = _replicas(config) if step != "separate" else 1
+  if replicas > 1:
+    report.update(replicas=replicas, replica_method=_replica_method(config, mesh),
+                  replica_mesh=dict(mesh.shape),
+                  replicas_per_chip=replicas // int(mesh.shape[step_lib.REPLICA_AXIS]))
   t = time.time()
   lowered, model, examples, seconds = lowered_step(config, step, mesh, per_chip_batch,
                                                    chunk_seconds=chunk_seconds)
+  report["examples_per_chip_per_step"] = examples  # every replica's on the chip
   report["model"] = model_summary(config, model)
   try:
     compiled = lowered.compile()
@@ -383,7 +391,52 @@ def compile_report(config, topology: Topology, devices, step="train", per_chip_b
   return report, compiled
 
 
+def _replicas(config):
+  from resunet_jax.training import program  # pylint: disable=g-import-not-at-top
+  return program.num_replicas(config)
+
+
+def _replica_method(config, mesh):
+  from resunet_jax.training import program  # pylint: disable=g-import-not-at-top
+  return program.resolve_replica_method(config, program.mesh_platform(mesh))
+
+
+def _with_batch(config, step, batch):
+  config = config.copy_and_resolve_references()
+  if step == "train":
+    config.global_batch_size = batch
+  else:
+    config.validation.batch_size = batch
+  return config
+
+
+def step_mesh(config, step, devices, per_chip_batch=None):
+  """(mesh, per-chip batch) of ``step`` ("train" or "eval") on ``devices``: the mesh train.py
+  makes (``program.make_mesh_for``: 1-D ``data``, or ``(replica, data)`` with config.replicas > 1)
+  and the examples of one replica on one chip -- the config's batch over the ``data`` axis, or
+  ``per_chip_batch``."""
+  from resunet_jax.training import program  # pylint: disable=g-import-not-at-top
+  try:
+    mesh = program.make_mesh_for(config, devices)
+  except ValueError as e:
+    raise AotError(str(e)) from None
+  data = program.data_axis_size(mesh)
+  if per_chip_batch is None:
+    per_chip_batch = default_per_chip_batch(config, step, data)
+  elif _replicas(config) > 1:  # the layout may depend on the batch: lay the new one out
+    try:
+      mesh = program.make_mesh_for(_with_batch(config, step, per_chip_batch * data), devices)
+    except ValueError as e:
+      raise AotError(str(e)) from None
+    if program.data_axis_size(mesh) != data:
+      raise AotError(f"per-chip batch {per_chip_batch} changes the replica layout of "
+                     f"config.replicas={_replicas(config)}; pick a multiple of {data}")
+  return mesh, per_chip_batch
+
+
 def default_per_chip_batch(config, step, chips):
+  """The config's batch (train: global_batch_size, eval: validation.batch_size; per replica)
+  over ``chips`` (the devices along the ``data`` axis)."""
   if step == "train":
     batch = int(config.global_batch_size)
   elif step == "eval":
@@ -480,6 +533,8 @@ def run_on_device(config, devices, step, per_chip_batch, steps=10):
   from resunet_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
   if step != "train":
     raise AotError("--run times the train step only")
+  if _replicas(config) > 1:
+    raise AotError("--run times one run's step: use config.replicas=1")
   config = config.copy_and_resolve_references()
   config.global_batch_size = per_chip_batch * len(devices)
   mesh = step_lib.make_mesh(devices)
@@ -514,7 +569,11 @@ def _gib(x):
 
 def format_report(r) -> str:
   lines = [f"{r['step']} step of {r.get('config', '?')} on {r['topology']} ({r['chips']} "
-           f"{r['device_kind']} chip(s)), per-chip batch {r['per_chip_batch']}:"]
+           f"{r['device_kind']} chip(s)), per-chip batch {r['per_chip_batch']}"
+           + (f" per replica, {r['replicas']} replicas ({r['replicas_per_chip']} per chip, "
+              f"{r['replica_method']}; {r['examples_per_chip_per_step']} examples per chip per "
+              "step, which the per-example figures count)" if r.get("replicas", 1) > 1 else "")
+           + ":"]
   if r.get("error") and "hbm_bytes_per_chip" not in r:
     lines.append(f"  does NOT fit: {r['error']}")
   else:

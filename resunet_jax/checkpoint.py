@@ -15,7 +15,9 @@ the commit marker: ``variables/`` is written first (Orbax finalises it with its 
 A *training work directory* (``resunet_jax.training``) holds Orbax composite checkpoints
 ``checkpoints/<step>/`` whose ``variables`` and ``model`` items are the same two things (the model
 description saved beside the variables), plus what resuming needs. ``load_model`` reads a model
-directory, a work directory (its best-validation-SDR step, else the latest) or one step directory.
+directory, a work directory (its best-validation-SDR step, else the latest) or one step directory;
+a replicated run's checkpoint (``config.replicas`` > 1: every array has a leading replica axis)
+gives one replica's model (``replica=k``).
 This module owns both layouts; the training package writes through it, never the other way round.
 Every location may be a local path or a gs:// URL (``fileutil.check_location`` refuses the others).
 """
@@ -187,34 +189,78 @@ def _read_json_item(step_dir, item):
   return json.loads((fileutil.as_path(step_dir) / item / "metadata").read_text())
 
 
-def load_model(path, **overrides):
+def read_step_meta(step_dir) -> dict:
+  """The ``meta`` item of a training checkpoint step directory (step, seed, data position,
+  validation; ``replicas`` and ``seeds`` for a replicated run)."""
+  return _read_json_item(step_dir, "meta")
+
+
+def step_replicas(meta) -> int:
+  """The number of replicas a checkpoint's ``meta`` says its arrays hold (1: one run)."""
+  return int(meta.get("replicas", 1) or 1)
+
+
+def _step_dir(path):
+  """The step directory ``load_model`` reads for a work directory or step directory."""
+  if is_step_dir(path):
+    return path
+  step = select_step(path)
+  if step is None:
+    raise ValueError(f"training work directory {path} has no finished checkpoint")
+  return path / CHECKPOINT_DIR / str(step)
+
+
+def replica_count(path) -> int:
+  """How many replicas (independent runs, ``config.replicas``) the checkpoint ``load_model``
+  would read from ``path`` holds: 1 for a model directory or a one-run work directory."""
+  fileutil.check_location(path, "checkpoint")
+  path = fileutil.as_path(path)
+  if is_model_dir(path) or not (is_step_dir(path) or is_workdir(path)):
+    return 1
+  return step_replicas(read_step_meta(_step_dir(path)))
+
+
+def load_model(path, replica=None, **overrides):
   """(model, variables, description) from a model directory, a training work directory or one of
   its step directories.
 
   ``overrides`` replace Separator fields (e.g. ``dtype="bfloat16"``, ``precision="highest"``,
   ``conv_backend="cpu"``). ``variables`` is ``{"params", "batch_stats"[, "constants"]}``. For a
   training checkpoint the description's metadata also names the step and the step directory.
+
+  A work directory of a replicated run (``config.replicas`` = R > 1) holds R models: ``replica``
+  = k (0 <= k < R) picks replica k's variables (its own validation, ``seed`` = the run's seed +
+  k and ``replica`` = k in the metadata, so a model directory saved from them records where
+  they came from); without it, or out of that range, a ValueError names the valid range. The
+  step of a work directory is the best mean validation SDR over replicas (else the latest).
   """
   fileutil.check_location(path, "checkpoint")
   path = fileutil.as_path(path)
   if not path.exists():
     raise FileNotFoundError(f"checkpoint {path} does not exist")
+  if replica is not None:
+    replica = int(replica)
   if is_model_dir(path):
+    if replica is not None:
+      raise ValueError(f"replica={replica}: {path} is a model directory (one model); replicas "
+                       "are chosen in training work directories of replicated runs")
     desc = read_description(path)
     model = models.from_description(desc, **overrides)
     return model, dict(restore_item(path / VARIABLES_DIR)), desc
-  if is_step_dir(path):
-    step_dir = path
-  elif is_workdir(path):
-    step = select_step(path)
-    if step is None:
-      raise ValueError(f"training work directory {path} has no finished checkpoint")
-    step_dir = path / CHECKPOINT_DIR / str(step)
-  else:
+  if not (is_step_dir(path) or is_workdir(path)):
     raise ValueError(f"{path} is neither a model directory (no {MODEL_JSON}), a training work "
                      f"directory (no {CHECKPOINT_DIR}/) nor a checkpoint step directory (no "
                      "variables/ and meta/)")
-  meta = _read_json_item(step_dir, "meta")
+  step_dir = _step_dir(path)
+  meta = read_step_meta(step_dir)
+  replicas = step_replicas(meta)
+  if replicas > 1 and replica is None:
+    raise ValueError(f"{path} holds {replicas} replicas (independent runs, seeds "
+                     f"{meta.get('seeds')}): choose one with replica=k (--replica=k), "
+                     f"0 <= k <= {replicas - 1}")
+  if replica is not None and not 0 <= replica < replicas:
+    raise ValueError(f"replica={replica} is out of range: {path} holds {replicas} replica(s), "
+                     f"valid: 0..{replicas - 1}")
   if (step_dir / "model").is_dir():
     desc = _read_json_item(step_dir, "model")
   else:  # written before the description became an item of its own
@@ -222,6 +268,13 @@ def load_model(path, **overrides):
   model = models.from_description(desc, **overrides)
   variables = restore_item(step_dir / "variables")
   desc = dict(desc)
-  desc["metadata"] = dict(desc.get("metadata") or {}, step=meta["step"], checkpoint=str(step_dir),
-                          validation=meta.get("validation"))
+  metadata = dict(desc.get("metadata") or {}, step=meta["step"], checkpoint=str(step_dir),
+                  validation=meta.get("validation"))
+  if replicas > 1:
+    variables = jax.tree_util.tree_map(lambda x: x[replica], variables)
+    metadata.pop("seeds", None)
+    per_replica = meta.get("replica_validation")
+    metadata.update(replicas=replicas, replica=replica, seed=int(meta["seed"]) + replica,
+                    validation=per_replica[replica] if per_replica else None)
+  desc["metadata"] = metadata
   return model, dict(variables), desc

@@ -76,6 +76,25 @@ def test_largest_fitting_batch_search():
     assert len(calls) == len(set(calls)) and len(calls) <= 12
 
 
+def test_replicated_mesh_and_per_chip_batch():
+  # The mesh train.py makes for R replicas (program.make_mesh_for) on the test's 8 CPU devices.
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  config.replicas, config.global_batch_size = 4, 2
+  devices = jax.devices()[:8]
+  mesh, per_chip = aot.step_mesh(config, "train", devices)
+  assert dict(mesh.shape) == {"replica": 4, "data": 2} and per_chip == 1
+  mesh, per_chip = aot.step_mesh(config, "train", devices, per_chip_batch=3)
+  assert dict(mesh.shape) == {"replica": 4, "data": 2} and per_chip == 3
+  config.replicas = 3  # 3 does not divide 8 devices' replica groups: one group, batch over 8
+  with pytest.raises(aot.AotError, match="config.replicas=3"):
+    aot.step_mesh(config, "train", devices)
+  config.global_batch_size = 8
+  mesh, per_chip = aot.step_mesh(config, "train", devices)
+  assert dict(mesh.shape) == {"replica": 1, "data": 8} and per_chip == 1
+
+
 def test_out_of_memory_message_is_parsed():
   e = RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for "
                    "HLO temporaries (26.97G) exceeds available HBM (15.75G).")

@@ -13,7 +13,12 @@
 Results go to --eval_dir (default <checkpoint>/eval/<split>, or <workdir>/eval/step_<n>/<split>):
 museval per-track JSON files, tracks.csv, summary.csv/json and a printed table; a rerun resumes.
 A model with a mask or backbone of one's own needs ``--import=MODULE`` (the module registering it;
-the error of a run without it names the module).
+the error of a run without it names the module). A replicated training run (config.replicas > 1)
+needs --replica=k or --replica=all; replica k's results go to
+<workdir>/eval/step_<n>/replica_<k>/<split> (or <eval_dir>/replica_<k>):
+
+  python eval.py --config=configs/small.py --workdir=/tmp/run_r4 --replica=all
+
 See ``resunet_jax.evaluation`` for the protocols and the file layout.
 """
 from absl import app
@@ -29,6 +34,10 @@ config_flags.DEFINE_config_file("config", None, "training config; its .data sele
 flags.DEFINE_string("workdir", None, "training work directory to evaluate")
 flags.DEFINE_string("checkpoint", None, "model directory (python -m resunet_jax.convert) to evaluate")
 flags.DEFINE_string("eval_dir", None, "output folder (default <checkpoint>/eval/<split>)")
+flags.DEFINE_string("replica", None,
+                    "replicated training runs (config.replicas > 1): the replica k to score, or "
+                    "'all' (each into its own folder: <workdir>/eval/step_<n>/replica_<k>/<split>, "
+                    "or <eval_dir>/replica_<k>)")
 flags.DEFINE_string("split", None, "split (default: data.eval_split, i.e. test)")
 flags.DEFINE_integer("num_tracks", None, "only the first N tracks of the split")
 flags.DEFINE_list("tracks", None, "only these tracks (names)")
@@ -80,8 +89,44 @@ def main(argv):
     if getattr(FLAGS, key) is not None:
       data[key] = getattr(FLAGS, key)
   oracles = list(masks.ORACLES) if FLAGS.oracle == ["all"] else FLAGS.oracle
+  checkpoint_path = FLAGS.checkpoint or FLAGS.workdir
+  replicas = _replicas(checkpoint_path)
+  for replica in replicas:
+    _evaluate(evaluation, checkpoint_path, data, oracles, replica)
+
+
+def _replicas(checkpoint_path):
+  """The replicas --replica asks for ([None]: the checkpoint's one model), checked against the
+  number the checkpoint holds before anything is evaluated."""
+  if FLAGS.replica is not None and not checkpoint_path:
+    raise app.UsageError("--replica needs --workdir (or --checkpoint) of a training run")
+  if not checkpoint_path:
+    return [None]
+  from resunet_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from resunet_jax import fileutil  # pylint: disable=g-import-not-at-top
+  if not fileutil.as_path(checkpoint_path).exists():
+    return [None] if FLAGS.replica is None else [FLAGS.replica]  # load_model names the problem
+  count = checkpoint.replica_count(checkpoint_path)
+  if FLAGS.replica is None:
+    if count > 1:
+      raise app.UsageError(f"{checkpoint_path} holds {count} replicas (config.replicas): pass "
+                           f"--replica=k (0 <= k <= {count - 1}) or --replica=all")
+    return [None]
+  if FLAGS.replica == "all":
+    return list(range(count)) if count > 1 else [None]
+  try:
+    k = int(FLAGS.replica)
+  except ValueError:
+    raise app.UsageError(f"--replica={FLAGS.replica}: expected an integer k or 'all'") from None
+  if not 0 <= k < count:
+    raise app.UsageError(f"--replica={k} is out of range: {checkpoint_path} holds {count} "
+                         f"replica(s), valid: 0..{count - 1}")
+  return [k] if count > 1 else [None]
+
+
+def _evaluate(evaluation, checkpoint_path, data, oracles, replica):
   evaluation.evaluate_checkpoint(
-      FLAGS.checkpoint or FLAGS.workdir, data, eval_dir=FLAGS.eval_dir, split=FLAGS.split,
+      checkpoint_path, data, eval_dir=FLAGS.eval_dir, split=FLAGS.split, replica=replica,
       num_tracks=FLAGS.num_tracks, track_names=FLAGS.tracks, protocols=FLAGS.protocols,
       oracles=oracles, oracle_targets=FLAGS.oracle_targets, residual=FLAGS.residual,
       scheme=FLAGS.scheme, chunk_seconds=FLAGS.chunk_seconds,

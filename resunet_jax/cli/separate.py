@@ -2,6 +2,7 @@
 
   python -m resunet_jax.separate song.mp3 folder/ --checkpoint models/vocals --out separated/
   resunet-separate song.mp3 --checkpoint models/vocals --out separated/ --residual --format flac
+  resunet-separate song.mp3 --checkpoint /tmp/run_r4 --replica 2 --out separated/  # replica 2
 
 Every input is checked (header, output paths) before any work; nothing is written when one is bad.
 A model with a mask or backbone of one's own needs ``--import=MODULE`` (the module that registers
@@ -28,6 +29,9 @@ def _parser():
   p.add_argument("inputs", nargs="+", metavar="IN", help="audio files and/or folders")
   p.add_argument("--checkpoint", required=True,
                  help="model directory (python -m resunet_jax.convert) or training workdir")
+  p.add_argument("--replica", type=int, default=None, metavar="K",
+                 help="a replicated training run's (config.replicas > 1) replica K "
+                      "(0 <= K < replicas; required for such a run)")
   p.add_argument("--out", required=True, help="output folder: OUT/<song>/<source>.<format>")
   p.add_argument("--format", default="wav", choices=["wav", "flac"])
   p.add_argument("--subtype", default=None,
@@ -74,7 +78,7 @@ def main(argv=None):
   from resunet_jax import checkpoint  # pylint: disable=g-import-not-at-top
   try:
     model, variables, desc = checkpoint.load_model(
-        args.checkpoint, conv_backend=backends.resolve(args.conv_backend))
+        args.checkpoint, replica=args.replica, conv_backend=backends.resolve(args.conv_backend))
   except (OSError, ValueError, KeyError) as e:
     print(f"error: {args.checkpoint}: not a usable checkpoint: {e}", file=sys.stderr)
     return 2

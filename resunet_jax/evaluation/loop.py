@@ -150,12 +150,17 @@ def evaluate(tracks, eval_dir, *, separator=None, oracles=(), oracle_targets=sou
   return results.write_summary(eval_dir, split, names, log=log)
 
 
+def replica_folder(k: int) -> str:
+  """The folder of replica k's evaluation in a replicated run's evaluation tree."""
+  return f"replica_{int(k)}"
+
+
 def evaluate_checkpoint(checkpoint_path=None, data_config=None, *, eval_dir=None, split=None,
                         num_tracks=None, track_names=None, protocols=("authors",), oracles=(),
                         oracle_targets=sources.TARGETS, residual=False, scheme="authors",
                         chunk_seconds=30.0, overlap_seconds=10.0, batch_size=1, workers=None,
                         save_estimates=False, conv_backend="xla", progress=True,
-                        log=print) -> dict:
+                        log=print, replica=None) -> dict:
   """``eval.py``'s work: a model directory or training workdir (and/or oracles) on a MUSDB18 split.
 
   ``checkpoint_path`` and ``eval_dir`` may be local paths or gs:// URLs.
@@ -164,6 +169,11 @@ def evaluate_checkpoint(checkpoint_path=None, data_config=None, *, eval_dir=None
   chunks, 15 s hop), as in their evaluation. eval_dir defaults to <checkpoint>/eval/<split>
   (<workdir>/eval/step_<n>/<split> for a training work directory). ``conv_backend`` picks the
   model's convolution backend (``resunet_jax.backends``; results are the same up to rounding).
+
+  ``replica``: which replica of a replicated training run (``config.replicas`` > 1) to score
+  (``checkpoint.load_model``; required for such a run). Replica k's results go to
+  <workdir>/eval/step_<n>/replica_<k>/<split>, or with an explicit ``eval_dir`` D to
+  D/replica_<k> (what D holds for one run). One-run checkpoints keep the layout above.
   """
   from resunet_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from resunet_jax import separate  # pylint: disable=g-import-not-at-top
@@ -178,7 +188,15 @@ def evaluate_checkpoint(checkpoint_path=None, data_config=None, *, eval_dir=None
   settings, separator = {}, None
   if checkpoint_path:
     checkpoint_path = str(fileutil.as_path(checkpoint_path))
-    model, variables, desc = checkpoint.load_model(checkpoint_path, conv_backend=conv_backend)
+    model, variables, desc = checkpoint.load_model(checkpoint_path, replica=replica,
+                                                   conv_backend=conv_backend)
+    metadata = desc.get("metadata") or {}
+    replica_dir = []  # replicated training runs: one folder per replica
+    if (not checkpoint.is_model_dir(checkpoint_path)
+        and int(metadata.get("replicas", 1) or 1) > 1):  # (a model directory is one model)
+      replica_dir = [replica_folder(metadata["replica"])]
+      if eval_dir is not None:
+        eval_dir = fileutil.join(eval_dir, *replica_dir)
     separator = separate.SongSeparator.from_model(
         model, variables, desc["sources"], scheme=scheme, chunk_seconds=chunk_seconds,
         overlap_seconds=overlap_seconds, batch_size=batch_size)
@@ -186,12 +204,15 @@ def evaluate_checkpoint(checkpoint_path=None, data_config=None, *, eval_dir=None
     settings["model"] = {"checkpoint": checkpoint_path, "arch": desc.get("arch"),
                          "sources": list(desc["sources"]), "residual": bool(residual),
                          "variables_sha1": results.variables_fingerprint(variables),
+                         **({"replica": metadata["replica"], "seed": metadata.get("seed")}
+                            if replica_dir else {}),
                          "chunking": {"scheme": plan.scheme, "chunk": plan.chunk, "hop": plan.hop,
                                       "batch_size": batch_size}}
     if eval_dir is None:
-      step = (desc.get("metadata") or {}).get("step")  # set for training work directories
+      step = metadata.get("step")  # set for training work directories
       eval_dir = fileutil.join(checkpoint_path, "eval",
-                               *([f"step_{step}"] if step is not None else []), tracks.split)
+                               *([f"step_{step}"] if step is not None else []), *replica_dir,
+                               tracks.split)
   elif not oracles:
     raise ValueError("give a checkpoint (model directory or training workdir) and/or oracles")
   if eval_dir is None:

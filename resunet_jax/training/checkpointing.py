@@ -84,6 +84,16 @@ class TrainCheckpoints:
   def all_steps(self):
     return list(self.manager.all_steps())
 
+  def saved_replicas(self, step: int) -> Optional[int]:
+    """How many replicas checkpoint ``step`` holds (1 for one run); None when its ``meta`` cannot
+    be read (``restore_latest_good`` then deals with the damaged step)."""
+    try:
+      meta = model_checkpoint.read_step_meta(self.directory / str(step))
+    except (OSError, ValueError) as e:
+      logging.warning("Cannot read the meta item of checkpoint %d (%s).", step, e)
+      return None
+    return model_checkpoint.step_replicas(meta)
+
   def reached_preemption(self, step: int) -> bool:
     """Whether all processes reached JAX's preemption sync point at ``step`` (several processes
     only; always False in a single process)."""

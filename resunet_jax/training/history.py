@@ -3,8 +3,8 @@
 Every start of a run appends its config to ``WORKDIR/config_history/start_NNNN.json`` (with the
 time, the number of processes and devices, and the step it resumed from); ``WORKDIR/config.json``
 is the first start's config and is never rewritten. A resume whose config changes the recipe --
-the global batch, the optimiser, the schedule, the model, the loss, the seed or how training data
-is made -- stops with the list of differences unless the user accepts them
+the global batch, the optimiser, the schedule, the model, the loss, the seed, the number of
+replicas or how training data is made -- stops with the list of differences unless the user accepts them
 (``--accept_config_changes``). Logging, checkpointing, validation and data locations may change
 freely (``num_train_steps`` too: extending a run is normal).
 """
@@ -18,12 +18,14 @@ CONFIG_JSON = "config.json"
 HISTORY_DIR = "config_history"
 
 # Keys (or key prefixes) of the recipe: what a resumed run must keep.
-RECIPE_KEYS = ("seed", "global_batch_size", "loss", "optimizer.", "schedule.", "model.",
+RECIPE_KEYS = ("seed", "replicas", "global_batch_size", "loss", "optimizer.", "schedule.", "model.",
                "data.name", "data.variant", "data.train_split", "data.sample_rate",
                "data.segment_seconds", "data.start_hop_seconds", "data.input_sources",
                "data.target_sources", "data.augment.")
 # Recipe keys that do not change the computation (runtime choices).
 NOT_RECIPE = ("model.conv_backend",)
+# Recipe keys added after runs existed, and the value a config without them had.
+RECIPE_DEFAULTS = {"replicas": 1}
 
 
 class ConfigChangedError(ValueError):
@@ -48,7 +50,7 @@ def _is_recipe(key: str) -> bool:
 
 def recipe_changes(old: dict, new: dict) -> List[Tuple[str, object, object]]:
   """(key, old value, new value) for every recipe key that differs (JSON form of both configs)."""
-  a, b = flatten(old), flatten(new)
+  a, b = dict(RECIPE_DEFAULTS, **flatten(old)), dict(RECIPE_DEFAULTS, **flatten(new))
   keys = sorted(k for k in set(a) | set(b) if _is_recipe(k))
   return [(k, a.get(k, "<absent>"), b.get(k, "<absent>")) for k in keys if a.get(k) != b.get(k)]
 

@@ -6,8 +6,12 @@
   * "random": tones-in-noise generated in numpy, no TensorFlow -- for tests and benchmarks.
 Either way example k of global step n is a pure function of (seed, n, k), so a run resumed at step n
 and a run split over several processes see exactly the batches of one uninterrupted run.
+
+Replicas (``config.replicas`` = R > 1): replica k's batches are those of a run with seed
+``seed + k`` (``ReplicaBatches``: one pipeline per replica), stacked to (R, B, ...).
 """
-from typing import Dict, Iterator
+import copy
+from typing import Dict, Iterator, Sequence
 
 import numpy as np
 
@@ -61,6 +65,65 @@ def train_batches(config, *, start_step: int, process_index: int = 0, process_co
   return pipeline.train_batches(data, seed=config.seed, global_batch_size=config.global_batch_size,
                                 start_step=start_step, process_index=process_index,
                                 process_count=process_count)
+
+
+def _row_blocks(rows: Sequence[int], batch: int, chunk: int):
+  """``rows`` (sorted example indices of a global batch of ``batch``) as pipeline shares
+  (process_index, process_count): each contiguous run of rows is one share when it is aligned to
+  its length, else one share per ``chunk`` rows (a device's share, always aligned)."""
+  runs = []
+  for r in rows:
+    if runs and r == runs[-1][1]:
+      runs[-1][1] += 1
+    else:
+      runs.append([r, r + 1])
+  blocks = []
+  for a, b in runs:
+    n = b - a
+    if batch % n == 0 and a % n == 0:
+      blocks.append((a // n, batch // n))
+    else:
+      if a % chunk or n % chunk:
+        raise ValueError(f"examples [{a}, {b}) of a batch of {batch} are not whole device "
+                         f"shares of {chunk}")
+      blocks.extend((i, batch // chunk) for i in range(a // chunk, b // chunk))
+  return blocks
+
+
+class ReplicaBatches:
+  """Host batches {"mixture": (R_p, B_p, L, 2), "targets": (R_p, B_p, S, L, 2)} of replicated
+  training: for each replica k of ``replicas``, the examples ``rows`` of the global batch that a
+  run with seed ``config.seed + k`` sees (``train_batches``), i.e. what this process's devices
+  hold (``step.process_indices``; all replicas and examples in one process)."""
+
+  def __init__(self, config, *, start_step: int, replicas: Sequence[int], rows: Sequence[int],
+               chunk: int):
+    batch = int(config.global_batch_size)
+    self.blocks = _row_blocks(list(rows), batch, chunk)
+    self.pipelines = []
+    for k in replicas:
+      replica_config = copy.deepcopy(config)
+      replica_config.seed = int(config.seed) + int(k)
+      self.pipelines.append([train_batches(replica_config, start_step=start_step,
+                                           process_index=i, process_count=n)
+                             for i, n in self.blocks])
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    per_replica = []
+    for blocks in self.pipelines:
+      parts = [next(p) for p in blocks]
+      per_replica.append({k: np.concatenate([p[k] for p in parts]) if len(parts) > 1
+                          else parts[0][k] for k in parts[0]})
+    return {k: np.stack([b[k] for b in per_replica]) for k in per_replica[0]}
+
+  def close(self):
+    for blocks in self.pipelines:
+      for p in blocks:
+        if hasattr(p, "close"):
+          p.close()
 
 
 def validation_segments(config) -> Dict[str, np.ndarray]:

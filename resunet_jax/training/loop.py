@@ -10,11 +10,18 @@ n updates, and update n (0-based) uses lr(n) and the n-th global batch. The auth
 files ``step=n.pth`` hold the weights after n + 1 updates (callbacks run before ``global_step``
 increments, REFERENCE §13): their ``step=n.pth`` is our step n + 1, and their evaluation "at step n"
 sees our step n + 1. ``num_train_steps = 500001`` reproduces their ``max_steps``.
+
+Replicas (``config.replicas`` = R > 1): one work directory holds R independent runs trained in
+one program (``training.program``), replica k with seed ``seed + k`` (its own initialisation,
+data order and per-step keys). Checkpoints hold every replica (a leading axis on each array) and
+resume like one run; the validation SDR is measured per replica, the best checkpoint is the best
+mean over replicas. Metrics: the main TensorBoard files (``WORKDIR/events.*``) hold the means
+over replicas under the usual tags, ``WORKDIR/replica_<k>/events.*`` replica k's own values
+under the same tags (clu's writer collections: TensorBoard shows each replica as a run).
 """
 import collections
 import contextlib
 import json
-import math
 import os
 import time
 from typing import Optional
@@ -95,6 +102,12 @@ def check_config(config) -> None:
     fail("keep_checkpoints", f"must be >= 1, got {config.keep_checkpoints}")
   if config.validation.num_segments < 0 or config.validation.batch_size < 1:
     fail("validation", "num_segments must be >= 0 and batch_size >= 1")
+  replicas = config.get("replicas", 1)
+  if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
+    fail("replicas", f"must be an integer >= 1, got {replicas!r}")
+  method = config.get("replica_method", "auto")
+  if method not in program_lib.REPLICA_METHODS:
+    fail("replica_method", f"{method!r} is not one of {program_lib.REPLICA_METHODS}")
 
 
 build_model = program_lib.build_model  # the Separator of config.model (train.py's model)
@@ -141,6 +154,12 @@ def load_init_variables(init_from: str, model, config):
   path = fileutil.as_path(init_from)
   if not path.exists():
     raise FileNotFoundError(f"--init_from: {path} does not exist")
+  replicas = model_checkpoint.replica_count(path)
+  if replicas > 1:
+    raise ValueError(f"--init_from: {path} is a replicated run ({replicas} replicas); a run "
+                     "starts from one model: save the replica you want as a model directory "
+                     "(resunet_jax.checkpoint.load_model(path, replica=k), then save_model) and "
+                     "start from that")
   try:
     _, variables, desc = model_checkpoint.load_model(path)
   except (ValueError, FileNotFoundError) as e:
@@ -157,18 +176,23 @@ def load_init_variables(init_from: str, model, config):
   return jax.tree_util.tree_map(np.asarray, variables)  # host arrays, laid out onto the mesh later
 
 
-def initial_state(config, model, tx, mesh, ckpts, latest: Optional[int],
-                  init_from: Optional[str]):
+def initial_state(config, program, ckpts, latest: Optional[int], init_from: Optional[str]):
   """(state on the mesh, resumed-from step or None). ``latest`` is the step every process agreed
   on (``distributed.check_shared_workdir``); a checkpoint that does not restore falls back to the
-  previous one (``TrainCheckpoints.restore_latest_good``)."""
-  rep = step_lib.replicated(mesh)
-  shapes = jax.eval_shape(lambda: state_lib.create_train_state(model, tx, config.seed))
-  abstract = _abstract(shapes, rep)
+  previous one (``TrainCheckpoints.restore_latest_good``). ``program``: the run's
+  ``program.TrainProgram`` (the state's shapes and shardings, replicas included)."""
+  model, mesh = program.model, program.mesh
+  abstract = program.abstract_state()  # shapes and shardings on this run's mesh
   if latest is not None:
     if init_from:
       logging.warning("Resuming %s at step %d; --init_from %s is ignored.", ckpts.directory,
                       latest, init_from)
+    saved_replicas = ckpts.saved_replicas(latest)
+    if saved_replicas is not None and saved_replicas != program.replicas:
+      raise ValueError(
+          f"checkpoint {latest} in {ckpts.directory} holds {saved_replicas} replica(s); "
+          f"config.replicas is {program.replicas}. A run's number of replicas cannot change: "
+          "restore config.replicas or start a new work directory.")
     state, meta, step = ckpts.restore_latest_good(abstract, latest)
     if int(meta["data"]["start_step"]) != step or int(meta["seed"]) != config.seed:
       raise ValueError(f"checkpoint {step} was written with seed {meta['seed']} and data "
@@ -182,7 +206,7 @@ def initial_state(config, model, tx, mesh, ckpts, latest: Optional[int],
   variables = None
   if init_from:
     variables = load_init_variables(init_from, model, config)
-  return state_lib.init_train_state(model, tx, config.seed, variables, rep), None
+  return program.init_state(variables), None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,10 +225,14 @@ class Validator:
     program = program_lib.eval_program(config, mesh, num_segments=len(self.mixture), model=model)
     self.batch = program.batch_size
     self.eval_step = program.eval_step
+    self.replicas = program.replicas
     self.audio_written = False
 
   def __call__(self, state):
-    """({metric: value}, {audio key: (N, L, 2)})."""
+    """({metric: value}, {audio key: (N, L, 2)}); with R > 1 replicas, lists of R of each
+    (replica k's metrics and estimates; the mixture and references are in replica 0's audio)."""
+    if self.replicas > 1:
+      return self._replicated(state)
     n = len(self.mixture)
     sdrs, estimates = [], []
     n_audio = min(self.config.validation.audio_examples, n)
@@ -221,10 +249,7 @@ class Validator:
       sdrs.append(step_lib.to_host(sdr)[:self.batch - pad])
       if start < n_audio:
         estimates.append(step_lib.to_host(est)[:n_audio - start])
-    sdr = np.concatenate(sdrs)  # (N, S)
-    per_source = np.nanmedian(sdr, axis=0) if np.isfinite(sdr).any() else np.full(len(self.sources), np.nan)
-    metrics = {f"val/sdr_{s}": float(v) for s, v in zip(self.sources, per_source)}
-    metrics["val/sdr"] = float(np.mean(per_source))
+    metrics = self._metrics(np.concatenate(sdrs))  # (N, S)
     audio = {}
     if n_audio:
       est = np.concatenate(estimates)  # (n_audio, S, L, 2)
@@ -234,6 +259,46 @@ class Validator:
         audio["val/mixture"] = np.clip(self.mixture[:n_audio], -1, 1)
         for i, s in enumerate(self.sources):
           audio[f"val/reference_{s}"] = np.clip(self.targets[:n_audio, i], -1, 1)
+        self.audio_written = True
+    return metrics, audio
+
+  def _metrics(self, sdr):
+    """{"val/sdr_<source>": median over segments, "val/sdr": their mean} of (N, S) SDRs."""
+    per_source = (np.nanmedian(sdr, axis=0) if np.isfinite(sdr).any()
+                  else np.full(len(self.sources), np.nan))
+    metrics = {f"val/sdr_{s}": float(v) for s, v in zip(self.sources, per_source)}
+    metrics["val/sdr"] = float(np.mean(per_source))
+    return metrics
+
+  def _replicated(self, state):
+    n, r = len(self.mixture), self.replicas
+    sdrs, estimates = [], []
+    n_audio = min(self.config.validation.audio_examples, n)
+    variables = state.variables()
+    for start in range(0, n, self.batch):
+      mix = self.mixture[start:start + self.batch]
+      tgt = self.targets[start:start + self.batch]
+      pad = self.batch - len(mix)
+      if pad:
+        mix = np.concatenate([mix, np.zeros((pad,) + mix.shape[1:], mix.dtype)])
+        tgt = np.concatenate([tgt, np.zeros((pad,) + tgt.shape[1:], tgt.dtype)])
+      est, sdr = self.eval_step(variables, step_lib.global_array_from_host(self.mesh, mix),
+                                step_lib.global_array_from_host(self.mesh, tgt))
+      sdrs.append(step_lib.to_host(sdr)[:, :self.batch - pad])  # (R, b, S)
+      if start < n_audio:
+        estimates.append(step_lib.to_host(est)[:, :n_audio - start])
+    sdr = np.concatenate(sdrs, axis=1)  # (R, N, S)
+    metrics = [self._metrics(sdr[k]) for k in range(r)]
+    audio = [{} for _ in range(r)]
+    if n_audio:
+      est = np.concatenate(estimates, axis=1)  # (R, n_audio, S, L, 2)
+      for k in range(r):
+        for i, s in enumerate(self.sources):
+          audio[k][f"val/estimate_{s}"] = np.clip(est[k, :, i], -1, 1)
+      if not self.audio_written:
+        audio[0]["val/mixture"] = np.clip(self.mixture[:n_audio], -1, 1)
+        for i, s in enumerate(self.sources):
+          audio[0][f"val/reference_{s}"] = np.clip(self.targets[:n_audio, i], -1, 1)
         self.audio_written = True
     return metrics, audio
 
@@ -260,8 +325,12 @@ class Preempted(Exception):
 class _LoggingOnlyWriter:
   """Console metrics when clu.metric_writers cannot be imported (it needs ``tensorboard``)."""
 
+  def __init__(self, collection=None):
+    self.prefix = f" collection={collection}" if collection else ""
+
   def write_scalars(self, step, scalars):
-    logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in scalars.items()))
+    logging.info("[%d]%s %s", step, self.prefix,
+                 ", ".join(f"{k}={v:.6g}" for k, v in scalars.items()))
 
   def write_audios(self, step, audios, *, sample_rate):
     del sample_rate
@@ -277,15 +346,28 @@ class _LoggingOnlyWriter:
     pass
 
 
-def create_writer(workdir, just_logging: bool):
-  """clu's default writer: TensorBoard event files in ``workdir`` plus console (process 0)."""
+def create_writer(workdir, just_logging: bool, collection: Optional[str] = None):
+  """clu's default writer: TensorBoard event files in ``workdir`` (``workdir/<collection>`` for
+  a collection, e.g. a replica) plus console (process 0)."""
   try:
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    logging.warning("clu.metric_writers unavailable (%s): metrics go to the log only. "
-                    "`pip install tensorboard` for TensorBoard files.", e)
-    return _LoggingOnlyWriter()
-  return metric_writers.create_default_writer(os.fspath(workdir), just_logging=just_logging)
+    if collection is None:
+      logging.warning("clu.metric_writers unavailable (%s): metrics go to the log only. "
+                      "`pip install tensorboard` for TensorBoard files.", e)
+    return _LoggingOnlyWriter(collection)
+  return metric_writers.create_default_writer(os.fspath(workdir), just_logging=just_logging,
+                                              collection=collection)
+
+
+def replica_name(k: int) -> str:
+  """The folder (TensorBoard run, clu collection) of replica k's metrics in a work directory."""
+  return f"replica_{k}"
+
+
+def mean_over_replicas(per_replica):
+  """{key: mean over replicas} of a list of {key: float} (NaN if any replica's is NaN)."""
+  return {key: float(np.mean([m[key] for m in per_replica])) for key in per_replica[0]}
 
 
 COMPILATION_CACHE_AUTO = "auto"  # config.compilation_cache_dir: WORKDIR/xla_cache
@@ -330,11 +412,17 @@ def prepare_workdir(workdir):
 
 
 def _model_description(config, model, step):
+  metadata = {"trained_steps": step, "config_model": config.model.to_dict()}
+  replicas = program_lib.num_replicas(config)
+  if replicas > 1:  # the variables hold every replica (resunet_jax.checkpoint.load_model)
+    metadata.update(replicas=replicas, seeds=program_lib.replica_seeds(config))
   return models.describe(model, arch=config.model.arch, sources=list(config.data.target_sources),
-                         metadata={"trained_steps": step, "config_model": config.model.to_dict()})
+                         metadata=metadata)
 
 
-def _checkpoint_meta(config, step, validation=None, mesh=None):
+def _checkpoint_meta(config, step, validation=None, mesh=None, replica_validation=None):
+  """The ``meta`` item of a checkpoint. With replicas: ``replicas``, ``seeds``, ``validation``
+  the means over replicas and ``replica_validation`` each replica's."""
   meta = {
       "step": step,
       "seed": config.seed,
@@ -342,6 +430,10 @@ def _checkpoint_meta(config, step, validation=None, mesh=None):
                "global_batch_size": config.global_batch_size},
       "validation": validation,
   }
+  replicas = program_lib.num_replicas(config)
+  if replicas > 1:
+    meta.update(replicas=replicas, seeds=program_lib.replica_seeds(config),
+                replica_validation=replica_validation)
   if mesh is not None:
     meta.update(devices=int(mesh.devices.size), processes=jax.process_count())
   return meta
@@ -366,9 +458,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   fileutil.check_location(workdir, "--workdir")
   fileutil.check_location(init_from, "--init_from")
   process_index, process_count = jax.process_index(), jax.process_count()
-  mesh = step_lib.make_mesh(select_devices(config))
+  mesh = program_lib.make_mesh_for(config, select_devices(config))
   n_dev = mesh.devices.size
-  step_lib.check_global_batch(config.global_batch_size, n_dev, process_count)
+  replicas = program_lib.num_replicas(config)
+  if replicas == 1:
+    step_lib.check_global_batch(config.global_batch_size, n_dev, process_count)
   workdir = prepare_workdir(workdir)
   if init_from:
     if not fileutil.as_path(init_from).exists():
@@ -380,15 +474,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   cache = compilation_cache_location(config, workdir)
   if cache:
     use_compilation_cache(cache)
-  logging.info("Mesh: %d devices (%s) in %d process(es); per-device batch %d.", n_dev,
-               jax.devices()[0].platform, process_count, config.global_batch_size // n_dev)
-
   program = program_lib.train_program(config, mesh)
-  model, tx = program.model, program.tx
+  model = program.model
+  if replicas == 1:
+    logging.info("Mesh: %d devices (%s) in %d process(es); per-device batch %d.", n_dev,
+                 jax.devices()[0].platform, process_count, config.global_batch_size // n_dev)
+  else:
+    groups, data = (int(mesh.shape[a]) for a in (step_lib.REPLICA_AXIS, step_lib.AXIS))
+    logging.info("Mesh: %d devices (%s) in %d process(es) as replica x data = %d x %d: %d "
+                 "replicas (seeds %d..%d), %d per device (%s), per-device batch %d per replica.",
+                 n_dev, jax.devices()[0].platform, process_count, groups, data, replicas,
+                 config.seed, config.seed + replicas - 1, replicas // groups,
+                 program.replica_method, config.global_batch_size // data)
   ckpts = checkpointing.TrainCheckpoints(workdir, keep=config.keep_checkpoints,
                                          keep_best=config.keep_best_checkpoint,
                                          asynchronous=config.async_checkpoints)
   writer = None
+  replica_writers = []
   try:
     latest = distributed.check_shared_workdir(workdir, ckpts.latest_step())
     as_json = config_json(config)
@@ -398,33 +500,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
       history.record_start(workdir, as_json, processes=process_count, devices=n_dev,
                            resumed_from=latest)
     writer = create_writer(workdir, just_logging=process_index > 0)
-    state, resumed = initial_state(config, model, tx, mesh, ckpts, latest, init_from)
+    if replicas > 1:
+      replica_writers = [create_writer(workdir, just_logging=process_index > 0,
+                                       collection=replica_name(k)) for k in range(replicas)]
+    state, resumed = initial_state(config, program, ckpts, latest, init_from)
     step = 0 if resumed is None else resumed
     if resumed is not None:
       logging.info("Resumed from %s at step %d.", ckpts.directory, step)
     else:
-      writer.write_hparams(history.flatten(as_json))
-      logging.info("Model %s: %s trainable parameters.", config.model.arch,
-                   f"{models.count_params(state.params):,}")
+      hparams = history.flatten(as_json)
+      writer.write_hparams(hparams)
+      for k, replica_writer in enumerate(replica_writers):
+        replica_writer.write_hparams(dict(hparams, seed=config.seed + k, replica=k))
+      logging.info("Model %s: %s trainable parameters%s.", config.model.arch,
+                   f"{models.count_params(state.params) // replicas:,}",
+                   f" per replica, {replicas} replicas" if replicas > 1 else "")
 
-    train_step = program.train_step
     inputs.prepare(config)
-    batches = inputs.train_batches(config, start_step=step, process_index=process_index,
-                                   process_count=process_count)
+    batches = _train_batches(config, program, step)
     validator = None
     if config.eval_every_steps and config.validation.num_segments:
       validator = Validator(config, mesh, model)
 
     guard = checkpointing.PreemptionGuard() if process_count == 1 else contextlib.nullcontext()
     with guard:
-      return _run(config, state, step, train_step, batches, mesh, model, ckpts, writer,
+      return _run(config, state, step, program, batches, ckpts, writer, replica_writers,
                   validator, guard, workdir)
   finally:
     ckpts.wait_until_finished()
     ckpts.close()
-    if writer is not None:
-      writer.flush()
-      writer.close()
+    for w in ([writer] if writer is not None else []) + replica_writers:
+      w.flush()
+      w.close()
+
+
+def _train_batches(config, program, start_step):
+  """Global batches on the mesh from ``start_step``: this process's examples of the input
+  pipeline (``inputs.train_batches``), with replicas this process's replicas and examples
+  (``inputs.ReplicaBatches``, one pipeline per replica with its own seed)."""
+  mesh = program.mesh
+  if program.replicas == 1:
+    host = inputs.train_batches(config, start_step=start_step, process_index=jax.process_index(),
+                                process_count=jax.process_count())
+    return (step_lib.global_batch(mesh, batch) for batch in host)
+  shape = program.batch_shape()
+  replicas, rows = step_lib.process_indices(program.batch_sharding(), shape)
+  chunk = program.global_batch_size // program_lib.data_axis_size(mesh)
+  host = inputs.ReplicaBatches(config, start_step=start_step, replicas=replicas, rows=rows,
+                               chunk=chunk)
+  return (step_lib.replica_global_batch(mesh, shape, batch) for batch in host)
 
 
 def _hooks(config, writer, workdir, start_step):
@@ -445,18 +569,25 @@ _done_marker = jax.jit(lambda x: x + 0)  # finishes when the update that made ``
 
 
 def _read_metrics(metrics):
-  """The accumulated TrainMetrics as floats (one device-to-host transfer)."""
-  values = jax.jit(lambda m: m.compute())(metrics)
-  return {k: float(step_lib.to_host(v)) for k, v in values.items()}
+  """The accumulated TrainMetrics as floats (one device-to-host transfer); with replicas, numpy
+  arrays of one value per replica."""
+  compute = lambda m: m.compute()  # pylint: disable=unnecessary-lambda-assignment
+  if np.ndim(metrics.loss.total):  # one set per replica (leading axis)
+    compute = jax.vmap(compute)
+  values = jax.jit(compute)(metrics)
+  out = {k: step_lib.to_host(v) for k, v in values.items()}
+  return {k: float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64) for k, v in out.items()}
 
 
-def _run(config, state, step, train_step, batches, mesh, model, ckpts, writer, validator, guard,
+def _run(config, state, step, program, batches, ckpts, writer, replica_writers, validator, guard,
          workdir):
+  mesh, model, train_step = program.mesh, program.model, program.train_step
+  replicas = program.replicas
   total = config.num_train_steps
   log_every = config.log_every_steps
   ckpt_every = config.checkpoint_every_steps
   hooks = _hooks(config, writer, workdir, step)
-  metrics = step_lib.empty_metrics(mesh)
+  metrics = program.empty_metrics()
   checked_since = step  # metrics accumulated over updates checked_since+1 .. step
   # Updates are dispatched asynchronously; without a bound the host would run ahead of the
   # devices by as many updates as the input pipeline can make (measured: a SIGTERM save then
@@ -467,7 +598,7 @@ def _run(config, state, step, train_step, batches, mesh, model, ckpts, writer, v
   max_in_flight = max(int(config.get("max_steps_in_flight", 2)), 1)
 
   while step < total:
-    batch = step_lib.global_batch(mesh, next(batches))
+    batch = next(batches)
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       state, metrics = train_step(state, batch, metrics)
     step += 1
@@ -489,36 +620,67 @@ def _run(config, state, step, train_step, batches, mesh, model, ckpts, writer, v
     # A host transfer only here: the metrics since the last report, checked before anything is
     # saved, so that no checkpoint holds a state reached through a non-finite update.
     values = _read_metrics(metrics)
-    if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
+    finite = np.isfinite(values["loss"]) & np.isfinite(values["grad_norm"])
+    if not np.all(finite):
+      which = ""
+      if replicas > 1:
+        bad = [k for k in range(replicas) if not finite[k]]
+        which = f" of replica(s) {bad} (seeds {[config.seed + k for k in bad]})"
       raise NonFiniteLossError(
-          f"non-finite loss or gradient norm (mean {values['loss']}, {values['grad_norm']}) in "
-          f"updates {checked_since + 1}..{step}; stopped without saving. The last good "
-          f"checkpoint is step {ckpts.latest_step()} in {ckpts.directory}; lower "
-          "optimizer.learning_rate or check the data, then restart with the same --workdir to "
-          "resume from it.")
+          f"non-finite loss or gradient norm{which} (mean {values['loss']}, "
+          f"{values['grad_norm']}) in updates {checked_since + 1}..{step}; stopped without "
+          f"saving. The last good checkpoint is step {ckpts.latest_step()} in "
+          f"{ckpts.directory}; lower optimizer.learning_rate or check the data, then restart "
+          "with the same --workdir to resume from it.")
     if log_now:
-      scalars = {"train/loss": values["loss"], "train/grad_norm": values["grad_norm"],
-                 "train/learning_rate": values["learning_rate"]}
-      writer.write_scalars(step, scalars)
-      logging.info("step %d/%d | loss %.5f | lr %.3g | grad norm %.3g (means over updates "
-                   "%d..%d)", step, total, values["loss"], values["learning_rate"],
-                   values["grad_norm"], checked_since + 1, step)
-      metrics = step_lib.empty_metrics(mesh)
+      names = {"train/loss": "loss", "train/grad_norm": "grad_norm",
+               "train/learning_rate": "learning_rate"}
+      if replicas == 1:
+        writer.write_scalars(step, {tag: values[key] for tag, key in names.items()})
+        logging.info("step %d/%d | loss %.5f | lr %.3g | grad norm %.3g (means over updates "
+                     "%d..%d)", step, total, values["loss"], values["learning_rate"],
+                     values["grad_norm"], checked_since + 1, step)
+      else:
+        for k, replica_writer in enumerate(replica_writers):
+          replica_writer.write_scalars(step, {tag: float(values[key][k])
+                                              for tag, key in names.items()})
+        writer.write_scalars(step, {tag: float(np.mean(values[key]))
+                                    for tag, key in names.items()})
+        logging.info("step %d/%d | loss %.5f (replicas: %s) | lr %.3g | grad norm %.3g (means "
+                     "over updates %d..%d and over %d replicas)", step, total,
+                     np.mean(values["loss"]), " ".join(f"{v:.5f}" for v in values["loss"]),
+                     np.mean(values["learning_rate"]), np.mean(values["grad_norm"]),
+                     checked_since + 1, step, replicas)
+      metrics = program.empty_metrics()
       checked_since = step
 
-    validation = None
+    validation = replica_validation = None
     if eval_now:
       t = time.time()
       validation, audio = validator(state)
+      if replicas > 1:
+        replica_validation = validation
+        validation = mean_over_replicas(replica_validation)
+        for replica_writer, scores, sounds in zip(replica_writers, replica_validation, audio):
+          replica_writer.write_scalars(step, scores)
+          if sounds:
+            replica_writer.write_audios(step, sounds, sample_rate=inputs.SAMPLE_RATE)
+        audio = None
       writer.write_scalars(step, validation)
       if audio:
         writer.write_audios(step, audio, sample_rate=inputs.SAMPLE_RATE)
-      logging.info("step %d validation: %s (%.1f s)", step,
+      logging.info("step %d validation%s: %s (%.1f s)", step,
+                   f" (means over {replicas} replicas)" if replicas > 1 else "",
                    ", ".join(f"{k} {v:.3f} dB" for k, v in validation.items()), time.time() - t)
+      if replicas > 1:
+        logging.info("step %d validation per replica: %s", step, "; ".join(
+            f"{replica_name(k)} val/sdr {v['val/sdr']:.3f} dB"
+            for k, v in enumerate(replica_validation)))
 
     if save_now or validation is not None:
       best = None if validation is None else {checkpointing.BEST_METRIC: validation["val/sdr"]}
-      ckpts.save(step, state, _checkpoint_meta(config, step, validation, mesh), best,
+      ckpts.save(step, state, _checkpoint_meta(config, step, validation, mesh,
+                                               replica_validation), best,
                  model_description=_model_description(config, model, step))
     if preempted:
       ckpts.wait_until_finished()

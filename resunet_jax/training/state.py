@@ -78,5 +78,31 @@ def init_train_state(model: models.Separator, tx: optax.GradientTransformation, 
   return make(variables)
 
 
+def create_replicated_train_state(model: models.Separator, tx: optax.GradientTransformation,
+                                  seeds, variables: Optional[dict] = None) -> TrainState:
+  """R fresh states stacked on a leading axis (all leaves but ``step``): replica k is
+  ``create_train_state(model, tx, seeds[k], variables)`` -- its own initialisation (or the same
+  ``variables`` for all) and its own RNG key."""
+  seeds = jnp.asarray(seeds, jnp.int32)
+
+  def one(seed):
+    return create_train_state(model, tx, seed, variables).replace(step=None)
+
+  return jax.vmap(one)(seeds).replace(step=jnp.zeros([], jnp.int32))
+
+
+def init_replicated_train_state(model: models.Separator, tx: optax.GradientTransformation, seeds,
+                                variables: Optional[dict] = None, shardings=None) -> TrainState:
+  """``create_replicated_train_state`` compiled onto ``shardings`` (a state-shaped tree of
+  shardings, e.g. ``step.replica_state_shardings``), as ``init_train_state``."""
+  options = None
+  if jax.default_backend() == "cpu":
+    options = {"xla_backend_optimization_level": 0}
+  seeds = tuple(int(s) for s in seeds)
+  make = jax.jit(lambda v: create_replicated_train_state(model, tx, seeds, v),
+                 out_shardings=shardings, compiler_options=options)
+  return make(variables)
+
+
 def _init_length(model):
   return 2 * model.hop * model.time_multiple * max(model.subbands, 1)

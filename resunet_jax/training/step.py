@@ -7,6 +7,13 @@ global-batch mean gradient and the statistics of the whole global batch -- the a
 synchronised BatchNorm (REFERENCE §4.8). Parameters, BN running statistics and the optimiser state
 are replicated; the batch is split over the 1-D device mesh axis ``"data"``, which spans every
 device of every process.
+
+Replicas (``config.replicas`` = R > 1, see ``training.program``): R independent runs in one
+program. Every leaf of the state but the step counter gets a leading replica axis, the batch is
+(R, B, ...), and the mesh is 2-D, (``"replica"``, ``"data"``): the replica axis of the state and
+the batch is split over ``"replica"``, the batch axis over ``"data"``, and the gradient and
+BatchNorm means run over ``"data"`` only -- replicas never talk to each other. A device holding
+several replicas runs them by one of ``REPLICA_METHODS`` (``over_replicas``).
 """
 import functools
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -27,6 +34,13 @@ from resunet_jax.training import sdr as sdr_lib
 from resunet_jax.training import state as state_lib
 
 AXIS = "data"
+REPLICA_AXIS = "replica"
+# How a device runs the replicas it holds: "vmap" batches them (one program over a leading axis;
+# convolutions with per-replica kernels become grouped convolutions), "unroll" writes the
+# one-replica step out once per replica in the same program, "map" runs them one after the other
+# in a loop on the device (``lax.map``; the loop body is the one-replica step). Which is fastest
+# depends on the platform: ``program.resolve_replica_method``.
+REPLICA_METHODS = ("vmap", "unroll", "map")
 
 Metrics = Dict[str, jax.Array]
 
@@ -44,6 +58,44 @@ def replicated(mesh) -> NamedSharding:
 
 def batch_sharded(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(AXIS))
+
+
+def make_replica_mesh(replica_groups: int, data: int, devices: Sequence[jax.Device]
+                      ) -> jax.sharding.Mesh:
+  """A 2-D mesh (``"replica"``: ``replica_groups``, ``"data"``: ``data``) over ``devices``."""
+  devices = list(devices)
+  if replica_groups * data != len(devices):
+    raise ValueError(f"a {replica_groups} x {data} mesh needs {replica_groups * data} devices, "
+                     f"got {len(devices)}")
+  return jax.make_mesh((replica_groups, data), (REPLICA_AXIS, AXIS), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+
+
+def replica_sharded(mesh) -> NamedSharding:
+  """Leading axis = replicas, split over the mesh's ``"replica"`` axis (the state, the metrics)."""
+  return NamedSharding(mesh, P(REPLICA_AXIS))
+
+
+def replica_batch_sharded(mesh) -> NamedSharding:
+  """(R, B, ...) batches: replicas over ``"replica"``, examples over ``"data"``."""
+  return NamedSharding(mesh, P(REPLICA_AXIS, AXIS))
+
+
+def replica_state_specs():
+  """The PartitionSpec prefix of a replicated ``TrainState``: the step counter is one scalar for
+  all replicas, every other leaf has the leading replica axis."""
+  rep = P(REPLICA_AXIS)
+  return state_lib.TrainState(step=P(), params=rep, batch_stats=rep, constants=rep,
+                              opt_state=rep, rng=rep)
+
+
+def replica_state_shardings(mesh, state):
+  """``state``-shaped shardings of a replicated state (see ``replica_state_specs``)."""
+  step = replicated(mesh)
+  rep = replica_sharded(mesh)
+  return state.replace(step=step, **{
+      f: jax.tree_util.tree_map(lambda _: rep, getattr(state, f))
+      for f in ("params", "batch_stats", "constants", "opt_state", "rng")})
 
 
 def l1_wav_loss(estimate, target):
@@ -129,6 +181,59 @@ def make_train_step(mesh, model: models.Separator, tx: optax.GradientTransformat
   return jax.jit(global_step, donate_argnums=(0, 2) if donate else ())
 
 
+def over_replicas(fn, method: str, *args, shared=()):
+  """``fn(*args_k, *shared)`` for every replica k (leading axis of each of ``args``) on this
+  device, by ``method`` (``REPLICA_METHODS``: ``jax.vmap``, a Python loop unrolled into the
+  program, or ``lax.map``); outputs stacked on a leading axis. ``shared`` arguments are the same
+  for every replica."""
+  if method == "vmap":
+    return jax.vmap(lambda *a: fn(*a, *shared))(*args)
+  if method == "map":
+    return lax.map(lambda a: fn(*a, *shared), args)
+  if method == "unroll":
+    count = jax.tree_util.tree_leaves(args)[0].shape[0]
+    outs = [fn(*jax.tree_util.tree_map(lambda x, k=k: x[k], args), *shared) for k in range(count)]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+  raise ValueError(f"unknown replica method {method!r}; expected one of {REPLICA_METHODS}")
+
+
+def make_replicated_train_step(mesh, model: models.Separator, tx: optax.GradientTransformation,
+                               learning_rate_fn: Callable, loss_fn: Callable = l1_wav_loss,
+                               donate: bool = True, method: str = "vmap"):
+  """``make_train_step`` for R replicas on a (``"replica"``, ``"data"``) mesh.
+
+  (state, batch, metrics) -> (state, metrics): every state leaf but ``step`` has a leading
+  replica axis (split over ``"replica"``), the batch is (R, B, ...) (replicas over
+  ``"replica"``, examples over ``"data"``), ``metrics`` a ``TrainMetrics`` with a leading replica
+  axis. Replica k's update is exactly ``train_step`` on its own state and batch, with its own key
+  ``fold_in(state.rng[k], state.step)``; the gradient and BatchNorm means run over ``"data"``.
+  """
+  if method not in REPLICA_METHODS:
+    raise ValueError(f"unknown replica method {method!r}; expected one of {REPLICA_METHODS}")
+  model = model.clone(bn_axis_name=AXIS)
+  per_replica = functools.partial(train_step, model=model, tx=tx,
+                                  learning_rate_fn=learning_rate_fn, loss_fn=loss_fn,
+                                  axis_name=AXIS)
+
+  def per_device(state, batch, metrics):
+    step = state.step
+
+    def one(replica_state, replica_batch, replica_metrics):
+      rng = jax.random.fold_in(jax.random.wrap_key_data(replica_state.rng), step)
+      new, out = per_replica(replica_state.replace(step=step), replica_batch, rng)
+      return (new.replace(step=None),
+              replica_metrics.merge(TrainMetrics.single_from_model_output(**out)))
+
+    rest, metrics = over_replicas(one, method, state.replace(step=None), batch, metrics)
+    return rest.replace(step=step + 1), metrics
+
+  specs = replica_state_specs()
+  global_step = jax.shard_map(per_device, mesh=mesh,
+                              in_specs=(specs, P(REPLICA_AXIS, AXIS), P(REPLICA_AXIS)),
+                              out_specs=(specs, P(REPLICA_AXIS)), check_vma=False)
+  return jax.jit(global_step, donate_argnums=(0, 2) if donate else ())
+
+
 def check_global_batch(global_batch_size: int, num_devices: int, num_processes: int = 1) -> None:
   """Raises ValueError, naming the rule and the nearest valid sizes, when the global batch cannot
   be split evenly over the devices (every process holds the same number of devices, so the
@@ -165,6 +270,21 @@ def make_eval_step(mesh, model: models.Separator, window: int):
   return jax.jit(sharded)
 
 
+def make_replicated_eval_step(mesh, model: models.Separator, window: int, method: str = "vmap"):
+  """``make_eval_step`` for replicated variables (leading replica axis, split over
+  ``"replica"``): the same segments (split over ``"data"``) through every replica ->
+  estimates (R, b, S, L, C), SDR (R, b, S)."""
+  per_replica = functools.partial(eval_step, model=model.clone(bn_axis_name=None), window=window)
+
+  def per_device(variables, mixture, targets):
+    return over_replicas(per_replica, method, variables, shared=(mixture, targets))
+
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(REPLICA_AXIS), P(AXIS), P(AXIS)),
+                          out_specs=(P(REPLICA_AXIS, AXIS), P(REPLICA_AXIS, AXIS)),
+                          check_vma=False)
+  return jax.jit(sharded)
+
+
 def global_batch(mesh, host_batch: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
   """Per-process batches (B_host, ...) -> global arrays (B_host * process_count, ...) split over
   the mesh. Process p's rows are global rows [p * B_host, (p + 1) * B_host)."""
@@ -190,7 +310,37 @@ def to_host(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def empty_metrics(mesh) -> TrainMetrics:
-  """A fresh ``TrainMetrics``, replicated over ``mesh`` (a global array on every process)."""
+def empty_metrics(mesh, replicas: int = 1) -> TrainMetrics:
+  """A fresh ``TrainMetrics``, replicated over ``mesh`` (a global array on every process); with
+  ``replicas`` > 1 one per replica (leading axis, split over ``"replica"``)."""
+  if replicas == 1:
+    return jax.tree_util.tree_map(
+        lambda x: global_array_from_host(mesh, np.asarray(x), P()), TrainMetrics.empty())
   return jax.tree_util.tree_map(
-      lambda x: global_array_from_host(mesh, np.asarray(x), P()), TrainMetrics.empty())
+      lambda x: global_array_from_host(
+          mesh, np.broadcast_to(np.asarray(x), (replicas,) + np.shape(x)), P(REPLICA_AXIS)),
+      TrainMetrics.empty())
+
+
+def process_indices(sharding, global_shape) -> Tuple[list, ...]:
+  """Per dimension, the sorted indices of ``global_shape`` that this process's devices hold
+  (what ``jax.make_array_from_process_local_data`` expects the local data to cover)."""
+  held = [set() for _ in global_shape]
+  for index in sharding.addressable_devices_indices_map(tuple(global_shape)).values():
+    for dim, (sl, size) in enumerate(zip(index, global_shape)):
+      held[dim].update(range(*sl.indices(size)))
+  return tuple(sorted(h) for h in held)
+
+
+def replica_global_batch(mesh, global_shape_prefix, local_batch: Dict[str, np.ndarray]
+                         ) -> Dict[str, jax.Array]:
+  """This process's part of a replicated batch -> global (R, B, ...) arrays.
+
+  ``local_batch`` values are (R_p, B_p, ...): the replicas and examples of
+  ``process_indices(replica_batch_sharded(mesh), (R, B))`` (all of them in one process).
+  """
+  sharding = replica_batch_sharded(mesh)
+  r, b = global_shape_prefix
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v),
+                                                    (r, b) + np.shape(v)[2:])
+          for k, v in local_batch.items()}
