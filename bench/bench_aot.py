@@ -7,6 +7,7 @@
 one v5e chip) and the separation forward pass (one 30 s chunk): FLOPs, bytes accessed and HBM per
 example, FLOP per byte, the roofline examples/s per chip, copies (issue "A step that is not
 memory-bound on TPU").
+``table REPORT.json ...``: one row per resunet-aot report (``--json``), as in the README.
 ``capacity``: the largest per-chip batch of 3 s segments (bfloat16) that fits one chip of each
 generation, found by compiling (resunet_jax.aot.largest_fitting_batch, whose memory-line
 predictions need 2-4 compiles per cell), and the FLOPs per example that the remat policy costs
@@ -157,9 +158,41 @@ def print_tables(done):
             f"{flops / 1e12 if flops else float('nan'):.3f} | {extra} |")
 
 
+def table(paths):
+  """One row per resunet-aot JSON report (``--json``): the README's tables are printed this way
+  from the reports kept in bench/aot_reports/."""
+  print("| report | config, overrides | topology | layout | remat | per-chip batch | fits | HBM / chip "
+        "(GiB) | HBM / example (GiB) | TFLOP / example | GB accessed / example | FLOP/B | "
+        "roofline ex/s/chip | copies | compile (s) |")
+  print("|---|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+  for path in paths:
+    with open(path) as f:
+      r = json.load(f)
+    name = os.path.splitext(os.path.basename(path))[0]
+    config = os.path.basename(r.get("config") or "?") + "".join(
+        " " + o.replace("--config.", "") for o in r.get("config_overrides", []))
+    model = r.get("model") or {}
+    batch = r["per_chip_batch"]
+    if r.get("replicas", 1) > 1:
+      batch = f"{batch} x {r['replicas_per_chip']} replicas"
+    if "hbm_bytes_per_chip" not in r:
+      need = r.get("temp_bytes_required")
+      print(f"| {name} | {config} | {r['topology']} | {model.get('layout')} | {model.get('remat')} "
+            f"| {batch} | **no** (temporaries {need / 2**30:.2f} GiB) | | | | | | | | "
+            f"{r['compile_seconds']:.0f} |" if need else f"| {name} | {config} | no |")
+      continue
+    print(f"| {name} | {config} | {r['topology']} | {model.get('layout')} | {model.get('remat')} | "
+          f"{batch} | {'yes' if r['fits'] else '**no**'} | {r['hbm_bytes_per_chip'] / 2**30:.2f} | "
+          f"{r['hbm_bytes_per_example'] / 2**30:.2f} | {r['flops_per_example'] / 1e12:.3f} | "
+          f"{r['bytes_accessed_per_example'] / 1e9:.1f} | {r['flops_per_byte']:.1f} | "
+          f"{r['examples_per_chip_per_second_roofline']:.2f} | {r['copies']} | "
+          f"{r['compile_seconds']:.0f} |")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("what", choices=["counters", "capacity", "print"])
+  parser.add_argument("what", choices=["counters", "capacity", "print", "table"])
+  parser.add_argument("reports", nargs="*", help="table: resunet-aot JSON reports")
   parser.add_argument("--models", default="paper,subband,mobilenet")
   parser.add_argument("--layouts", default="natural,folded")
   parser.add_argument("--remats", default="none,unit,stage")
@@ -169,6 +202,9 @@ def main():
   parser.add_argument("--max_batch", type=int, default=512)
   parser.add_argument("--results", default=os.path.join(HERE, "aot_results.jsonl"))
   args = parser.parse_args()
+  if args.what == "table":
+    table(args.reports)
+    return
   done = _load(args.results)
   if args.what == "counters":
     counters(args, done)

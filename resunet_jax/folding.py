@@ -33,12 +33,13 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-LANES = 128  # the minor tile of TPU memory (v4, v5e, v5p, v6e)
+LANES = 128  # the minor tile of TPU memory (v4, v5e, v5p, v6e); read when a model is applied
 
 
-def fold_factor(channels, bins, lanes=LANES):
-  """The fold for a level: the largest power of two s <= lanes / channels that divides ``bins``
-  (1 when the channels already fill the lanes)."""
+def fold_factor(channels, bins, lanes=None):
+  """The fold for a level: the largest power of two s <= lanes / channels (default ``LANES``)
+  that divides ``bins`` (1 when the channels already fill the lanes)."""
+  lanes = LANES if lanes is None else lanes
   s = 1
   while s * 2 * channels <= lanes and bins % (s * 2) == 0:
     s *= 2

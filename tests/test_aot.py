@@ -129,15 +129,15 @@ def test_smoke_config_fits_on_a_v5e_slice_and_contacts_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_small_and_mobilenet_fit_on_one_v5e_chip(tmp_path):
-  proc, r = _aot(tmp_path, "--config=configs/small.py", "--topology=v5e:1x1")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert r["fits"] and r["per_chip_batch"] == 4 and r["chips"] == 1
-  assert not r["collectives"].get("all-reduce")  # one chip: no collective at all
+def test_mobilenet_fits_on_one_v5e_chip(tmp_path):
+  # (configs/small.py is the smoke model's architecture at full width: the same program kind as
+  # the slice test above; its compile, minutes here, is in bench/bench_aot.py's results.)
   proc, r = _aot(tmp_path, "--config=configs/mobilenet_subbandtime_vocals.py", "--topology=v5e:1x1",
                  "--config.global_batch_size=2", "--config.data.segment_seconds=1.0")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert r["fits"] and r["model"]["arch"] == "mobilenet_subbandtime"
+  assert r["fits"] and r["model"]["arch"] == "mobilenet_subbandtime" and r["chips"] == 1
+  assert r["per_chip_batch"] == 2
+  assert not r["collectives"].get("all-reduce")  # one chip: no collective at all
 
 
 @pytest.mark.slow
