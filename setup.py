@@ -41,6 +41,7 @@ EXTRAS = {
     "test": [
         "pytest>=8",
         "pytest-timeout>=2.2",
+        "pytest-xdist>=3.5",  # the README's test command runs the test files on 2 processes
         # tests/remote_storage.py: a local GCS emulator for the gs:// tests (pinned: the tests
         # extend its request handler) and the throw-away CA of its TLS proxy.
         "gcp-storage-emulator==2026.7.19",

@@ -25,6 +25,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.model.arch = "resunet143_subbandtime"
+  config.model.remat = "none"  # CPU-sized: memory is no concern, recomputing only costs time
   config.model.width = 0.25
   config.model.levels = 4
   config.model.blocks_per_stage = 1

@@ -11,6 +11,7 @@ from configs import default
 
 def get_config():
   config = default.get_config()
+  config.model.remat = "none"  # CPU-sized: memory is no concern, recomputing only costs time
   config.model.width = 0.125  # channels (4, 8)
   config.model.levels = 2
   config.model.blocks_per_stage = 1
