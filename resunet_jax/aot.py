@@ -603,8 +603,12 @@ def format_report(r) -> str:
 
 def model_summary(config, model):
   """What the compiled program's model is (its runtime options as resolved for the target)."""
+  # MobileNet keeps the natural layout whatever ``layout`` says (its depthwise convolutions have
+  # no folded form): report what its program computes.
+  natural = model.backbone == "mobilenet"
   return {"arch": config.model.arch, "dtype": None if model.dtype is None else str(model.dtype),
-          "layout": model.layout, "remat": model.remat, "folds": list(model.folds()),
+          "layout": "natural" if natural else model.layout, "remat": model.remat,
+          "folds": [1] * len(model.folds()) if natural else list(model.folds()),
           "conv_backend": model.conv_backend}
 
 
