@@ -130,8 +130,8 @@ def test_smoke_config_fits_on_a_v5e_slice_and_contacts_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_mobilenet_fits_on_one_v5e_chip(tmp_path):
-  # (configs/small.py is the smoke model's architecture at full width: the same program kind as
-  # the slice test above; its compile, minutes here, is in bench/bench_aot.py's results.)
+  # (configs/small.py is the same program kind as the slice test above; its compile, minutes here,
+  # is bench/aot_reports/small_r1_v5e.json.)
   proc, r = _aot(tmp_path, "--config=configs/mobilenet_subbandtime_vocals.py", "--topology=v5e:1x1",
                  "--config.global_batch_size=2", "--config.data.segment_seconds=1.0")
   assert proc.returncode == 0, proc.stderr[-3000:]

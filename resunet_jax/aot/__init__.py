@@ -660,8 +660,3 @@ def exit_status(report) -> int:
 def write_json(path, report):
   from resunet_jax import fileutil  # pylint: disable=g-import-not-at-top
   fileutil.write_text_atomic(path, json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
-
-
-if __name__ == "__main__":
-  from resunet_jax.cli import aot as _cli  # pylint: disable=g-import-not-at-top
-  _cli.run()
