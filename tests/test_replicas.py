@@ -287,6 +287,16 @@ def test_a_run_from_before_replicas_existed_resumes_without_a_recipe_change():
   assert history.recipe_changes(old, dict(old, replicas=2)) == [("replicas", 1, 2)]
 
 
+def test_how_the_model_is_computed_is_not_part_of_the_recipe():
+  # A run from before layout/remat existed, or resumed on another platform, keeps its recipe.
+  old = {"seed": 0, "model": {"mask": "irm", "width": 1.0}}
+  new = {"seed": 0, "model": {"mask": "irm", "width": 1.0, "remat": "stage", "layout": "folded",
+                              "conv_backend": "xla"}}
+  assert history.recipe_changes(old, new) == []
+  assert history.recipe_changes(new, dict(new, model=dict(new["model"], width=0.5))) == [
+      ("model.width", 1.0, 0.5)]
+
+
 @pytest.mark.slow  # the replicated run (fixture)
 def test_load_model_picks_a_replica_and_names_the_valid_range(run, tmp_path):
   with pytest.raises(ValueError, match=r"holds 2 replicas .* choose one with replica=k "

@@ -22,8 +22,10 @@ RECIPE_KEYS = ("seed", "replicas", "global_batch_size", "loss", "optimizer.", "s
                "data.name", "data.variant", "data.train_split", "data.sample_rate",
                "data.segment_seconds", "data.start_hop_seconds", "data.input_sources",
                "data.target_sources", "data.augment.")
-# Recipe keys that do not change the computation (runtime choices).
-NOT_RECIPE = ("model.conv_backend",)
+# Model keys that choose how the same function is computed, not what it computes (runtime
+# choices; tests/test_layout.py checks the outputs and gradients equal): a run may resume under
+# another choice, e.g. on another platform, or from before the option existed.
+NOT_RECIPE = ("model.conv_backend", "model.layout", "model.remat")
 # Recipe keys added after runs existed, and the value a config without them had.
 RECIPE_DEFAULTS = {"replicas": 1}
 
