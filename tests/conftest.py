@@ -31,6 +31,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: takes more than ~20 s on 2 CPU cores")
   config.addinivalue_line("markers", "parity: compares with the authors' PyTorch outputs")
+  config.addinivalue_line(
+      "markers", "extended: a costly variant of a check the default run already makes (a second "
+      "architecture, a second schedule point, a second TPU program kind); the README's and CI's "
+      "command leave these out (-m 'not extended'), `-m extended` runs them")
 
 
 @pytest.fixture(scope="module")

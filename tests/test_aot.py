@@ -129,6 +129,7 @@ def test_smoke_config_fits_on_a_v5e_slice_and_contacts_nothing(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # ~8-15 min of TPU code generation on 2 cores; bench/bench_aot.py compiles it too
 def test_mobilenet_fits_on_one_v5e_chip(tmp_path):
   # (configs/small.py is the same program kind as the slice test above; its compile, minutes here,
   # is bench/aot_reports/small_r1_v5e.json.)

@@ -231,36 +231,47 @@ class Validator:
   def __call__(self, state):
     """({metric: value}, {audio key: (N, L, 2)}); with R > 1 replicas, lists of R of each
     (replica k's metrics and estimates; the mixture and references are in replica 0's audio)."""
-    if self.replicas > 1:
-      return self._replicated(state)
-    n = len(self.mixture)
+    n_audio = min(self.config.validation.audio_examples, len(self.mixture))
+    variables = state.variables()
     sdrs, estimates = [], []
-    n_audio = min(self.config.validation.audio_examples, n)
-    for start in range(0, n, self.batch):
+    for start, mix, tgt, pad in self._padded_batches():
+      est, sdr = self.eval_step(variables, step_lib.global_array_from_host(self.mesh, mix),
+                                step_lib.global_array_from_host(self.mesh, tgt))
+      sdr = step_lib.to_host(sdr)
+      sdr = sdr[None] if self.replicas == 1 else sdr  # one run: a replica axis of 1
+      sdrs.append(sdr[:, :self.batch - pad])  # (R, b, S)
+      if start < n_audio:
+        est = step_lib.to_host(est)
+        est = est[None] if self.replicas == 1 else est
+        estimates.append(est[:, :n_audio - start])
+    sdr = np.concatenate(sdrs, axis=1)  # (R, N, S)
+    metrics = [self._metrics(per_replica) for per_replica in sdr]
+    audio = [{} for _ in metrics]
+    if n_audio:
+      est = np.concatenate(estimates, axis=1)  # (R, n_audio, S, L, 2)
+      for k, replica_audio in enumerate(audio):
+        for i, s in enumerate(self.sources):
+          replica_audio[f"val/estimate_{s}"] = np.clip(est[k, :, i], -1, 1)
+      if not self.audio_written:
+        audio[0]["val/mixture"] = np.clip(self.mixture[:n_audio], -1, 1)
+        for i, s in enumerate(self.sources):
+          audio[0][f"val/reference_{s}"] = np.clip(self.targets[:n_audio, i], -1, 1)
+        self.audio_written = True
+    if self.replicas == 1:
+      return metrics[0], audio[0]
+    return metrics, audio
+
+  def _padded_batches(self):
+    """(start, mixture, targets, pad) per compiled batch of the validation segments; the last is
+    padded with ``pad`` silent examples (their results are dropped)."""
+    for start in range(0, len(self.mixture), self.batch):
       mix = self.mixture[start:start + self.batch]
       tgt = self.targets[start:start + self.batch]
       pad = self.batch - len(mix)
       if pad:
         mix = np.concatenate([mix, np.zeros((pad,) + mix.shape[1:], mix.dtype)])
         tgt = np.concatenate([tgt, np.zeros((pad,) + tgt.shape[1:], tgt.dtype)])
-      est, sdr = self.eval_step(state.variables(),
-                                step_lib.global_array_from_host(self.mesh, mix),
-                                step_lib.global_array_from_host(self.mesh, tgt))
-      sdrs.append(step_lib.to_host(sdr)[:self.batch - pad])
-      if start < n_audio:
-        estimates.append(step_lib.to_host(est)[:n_audio - start])
-    metrics = self._metrics(np.concatenate(sdrs))  # (N, S)
-    audio = {}
-    if n_audio:
-      est = np.concatenate(estimates)  # (n_audio, S, L, 2)
-      for i, s in enumerate(self.sources):
-        audio[f"val/estimate_{s}"] = np.clip(est[:, i], -1, 1)
-      if not self.audio_written:
-        audio["val/mixture"] = np.clip(self.mixture[:n_audio], -1, 1)
-        for i, s in enumerate(self.sources):
-          audio[f"val/reference_{s}"] = np.clip(self.targets[:n_audio, i], -1, 1)
-        self.audio_written = True
-    return metrics, audio
+      yield start, mix, tgt, pad
 
   def _metrics(self, sdr):
     """{"val/sdr_<source>": median over segments, "val/sdr": their mean} of (N, S) SDRs."""
@@ -269,38 +280,6 @@ class Validator:
     metrics = {f"val/sdr_{s}": float(v) for s, v in zip(self.sources, per_source)}
     metrics["val/sdr"] = float(np.mean(per_source))
     return metrics
-
-  def _replicated(self, state):
-    n, r = len(self.mixture), self.replicas
-    sdrs, estimates = [], []
-    n_audio = min(self.config.validation.audio_examples, n)
-    variables = state.variables()
-    for start in range(0, n, self.batch):
-      mix = self.mixture[start:start + self.batch]
-      tgt = self.targets[start:start + self.batch]
-      pad = self.batch - len(mix)
-      if pad:
-        mix = np.concatenate([mix, np.zeros((pad,) + mix.shape[1:], mix.dtype)])
-        tgt = np.concatenate([tgt, np.zeros((pad,) + tgt.shape[1:], tgt.dtype)])
-      est, sdr = self.eval_step(variables, step_lib.global_array_from_host(self.mesh, mix),
-                                step_lib.global_array_from_host(self.mesh, tgt))
-      sdrs.append(step_lib.to_host(sdr)[:, :self.batch - pad])  # (R, b, S)
-      if start < n_audio:
-        estimates.append(step_lib.to_host(est)[:, :n_audio - start])
-    sdr = np.concatenate(sdrs, axis=1)  # (R, N, S)
-    metrics = [self._metrics(sdr[k]) for k in range(r)]
-    audio = [{} for _ in range(r)]
-    if n_audio:
-      est = np.concatenate(estimates, axis=1)  # (R, n_audio, S, L, 2)
-      for k in range(r):
-        for i, s in enumerate(self.sources):
-          audio[k][f"val/estimate_{s}"] = np.clip(est[k, :, i], -1, 1)
-      if not self.audio_written:
-        audio[0]["val/mixture"] = np.clip(self.mixture[:n_audio], -1, 1)
-        for i, s in enumerate(self.sources):
-          audio[0][f"val/reference_{s}"] = np.clip(self.targets[:n_audio, i], -1, 1)
-        self.audio_written = True
-    return metrics, audio
 
 
 # ------------------------------------------------------------------------------------------------
