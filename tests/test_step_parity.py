@@ -304,7 +304,9 @@ def bytesep():
 
 @pytest.mark.parametrize("arch,step", [
     ("mobilenet_subbandtime", STEP),
-    ("resunet143_subbandtime", STEP),
+    # 235 s in CI on 2 cores (2026-12-07): the 143-layer update runs with -m extended; its forward
+    # pass is in test_parity.py, MobileNet's update here.
+    pytest.param("resunet143_subbandtime", STEP, marks=pytest.mark.extended),
     # The warm-up branch of the schedule and bias corrections (the same program at another step).
     pytest.param("mobilenet_subbandtime", 500, id="mobilenet_warm_up", marks=pytest.mark.extended),
 ])
