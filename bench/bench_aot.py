@@ -1,12 +1,16 @@
 """The README's accelerator tables, made with resunet-aot (XLA's own estimates, not timings).
 
-    python bench/bench_aot.py counters [--models paper,subband,mobilenet] [--layouts natural,folded]
+    python bench/bench_aot.py counters [--models paper,subband,mobilenet] \
+        [--layouts natural,folded-unchunked,folded] [--remat none]
     python bench/bench_aot.py capacity [--models ...] [--remats none,unit,stage] [--gens v5e,...]
 
 ``counters``: per model and layout, the train step (bfloat16, 3 s segments, per-chip batch 2 on
-one v5e chip) and the separation forward pass (one 30 s chunk): FLOPs, bytes accessed and HBM per
-example, FLOP per byte, the roofline examples/s per chip, copies (issue "A step that is not
-memory-bound on TPU").
+one v5e chip, remat ``--remat``, default none) and the separation forward pass (one 30 s chunk):
+FLOPs, bytes accessed and HBM per example, FLOP per byte, the roofline examples/s per chip, copies
+(issue "A step that is not memory-bound on TPU"). Layouts: ``natural``, ``folded`` (what a TPU
+runs: folded, and chunked below 8 examples per chip), ``folded-unchunked`` (folded, chunks off:
+``folding.SUBLANES = 1``, the layout before chunks existed). MobileNet computes in the natural
+layout whatever the field says: only its ``natural`` row is compiled.
 ``table REPORT.json ...``: one row per resunet-aot report (``--json``), as in the README.
 ``capacity``: the largest per-chip batch of 3 s segments (bfloat16) that fits one chip of each
 generation, found by compiling (resunet_jax.aot.largest_fitting_batch, whose memory-line
@@ -79,16 +83,27 @@ def counters(args, done):
   topology = aot.parse_topology("v5e:1x1")
   aot.configure_environment(topology)
   devices = aot.topology_devices(topology)
+  from resunet_jax import folding  # pylint: disable=g-import-not-at-top
   for model in args.models.split(","):
     for layout in args.layouts.split(","):
+      if model == "mobilenet" and layout != "natural":
+        continue
       for step, batch in (("train", args.batch), ("separate", 1)):
-        key = f"counters|{model}|{layout}|{step}|{batch}"
+        remat = args.remat if step == "train" else "none"
+        key = f"counters|{model}|{layout}|{step}|{batch}|{remat}"
         if key in done:
           continue
-        config = _config(model, {"model.layout": layout})
+        config = _config(model, {"model.layout": layout.replace("-unchunked", ""),
+                                 "model.remat": remat})
         t = time.time()
-        report, _ = aot.compile_report(config, topology, devices, step, batch)
-        record = {"key": key, "model": model, "layout": layout, "step": step, **_slim(report),
+        sublanes = folding.SUBLANES
+        folding.SUBLANES = 1 if layout.endswith("-unchunked") else sublanes
+        try:
+          report, _ = aot.compile_report(config, topology, devices, step, batch)
+        finally:
+          folding.SUBLANES = sublanes
+        record = {**_slim(report), "key": key, "model": model, "layout": layout, "step": step,
+                  "remat": remat, "model_summary": report.get("model"),
                   "wall_seconds": time.time() - t}
         _append(args.results, record)
         done[key] = record
@@ -130,14 +145,16 @@ def capacity(args, done):
 def print_tables(done):
   rows = [r for r in done.values() if r["key"].startswith("counters|")]
   if rows:
-    print("| model | layout | step | GB accessed / example | TFLOP / example | FLOP/B | "
-          "HBM / example (GiB) | roofline ex/s/chip | copies |")
+    print("| model | layout (chunks) | step (remat) | GB accessed / example | TFLOP / example | "
+          "FLOP/B | HBM / example (GiB) | roofline ex/s/chip | copies |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in sorted(rows, key=lambda r: r["key"]):
+      layout = f"{r['layout']} ({(r.get('model_summary') or {}).get('chunks', '?')})"
+      step = f"{r['step']} ({r.get('remat', '?')})"
       if "flops_per_example" not in r:
-        print(f"| {r['model']} | {r['layout']} | {r['step']} | does not fit | | | | | |")
+        print(f"| {r['model']} | {layout} | {step} | does not fit | | | | | |")
         continue
-      print(f"| {r['model']} | {r['layout']} | {r['step']} | "
+      print(f"| {r['model']} | {layout} | {step} | "
             f"{r['bytes_accessed_per_example'] / 1e9:.1f} | {r['flops_per_example'] / 1e12:.3f} | "
             f"{r['flops_per_byte']:.1f} | {r['hbm_bytes_per_example'] / 2**30:.2f} | "
             f"{r['examples_per_chip_per_second_roofline']:.2f} | {r['copies']} |")
@@ -194,7 +211,8 @@ def main():
   parser.add_argument("what", choices=["counters", "capacity", "print", "table"])
   parser.add_argument("reports", nargs="*", help="table: resunet-aot JSON reports")
   parser.add_argument("--models", default="paper,subband,mobilenet")
-  parser.add_argument("--layouts", default="natural,folded")
+  parser.add_argument("--layouts", default="natural,folded-unchunked,folded")
+  parser.add_argument("--remat", default="none", help="counters: the train step's remat")
   parser.add_argument("--remats", default="none,unit,stage")
   parser.add_argument("--gens", default="v5e,v6e,v5p,v4")
   parser.add_argument("--batch", type=int, default=2)

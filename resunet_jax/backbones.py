@@ -17,11 +17,13 @@ from resunet_jax import layers
 
 
 class Folded(typing.NamedTuple):
-  """A backbone output in the frequency-folded layout (``resunet_jax.folding``): the model applies
-  its head on the folded grid and unfolds the (narrow) head output. A backbone may return a plain
+  """A backbone output in the frequency-folded layout (``resunet_jax.folding``), its frequency
+  axis split into ``chunks`` along the batch axis (``folding.chunk``): the model applies its head
+  on that grid, then unchunks and unfolds the (narrow) head output. A backbone may return a plain
   (B, T, F, C) array instead."""
   array: typing.Any
   fold: int
+  chunks: int = 1
 
 BACKBONES = {}
 
@@ -56,18 +58,20 @@ def resunet(model, x, train):
   (upsampling + skip + ResStage), a post stage. 143 layers with the presets' sizes.
 
   With ``model.folds()`` (the frequency-folded layout, ``resunet_jax.folding``) every level
-  computes on its folded grid and the result is returned folded (``Folded``)."""
+  computes on its folded grid, its frequency axis in ``model.chunks(batch)`` chunks, and the
+  result is returned folded (``Folded``)."""
   kw = model.layer_fields()
   folds = model.folds()  # one per level, then the centre's
+  chunks = model.chunks(x.shape[0])
   encoder = layers.stage_cls(layers.ResStage, model.remat)
   decoder = layers.stage_cls(layers.DecoderStage, model.remat)
 
   def stage(cls, level, **fields):
     return cls(num_blocks=model.blocks_per_stage, second_norm=model.second_norm,
-               **{**kw, "fold": folds[level]}, **fields)
+               **{**kw, "fold": folds[level], "chunks": chunks}, **fields)
 
   skips = []
-  x = folding.fold(x, folds[0])
+  x = folding.chunk(folding.fold(x, folds[0]), chunks)
   for i, (features, pool) in enumerate(zip(model.channels, model.pools)):
     h = stage(encoder, i, features=features, name=f"encoder_block{i + 1}")(x, train)
     skips.append(h)
@@ -83,7 +87,7 @@ def resunet(model, x, train):
               input_activation=model.decoder_activation, in_fold=folds[level + 1],
               name=f"decoder_block{i + 1}")(x, skip, train)
   x = stage(encoder, 0, features=model.channels[0], name="after_conv_block1")(x, train)
-  return Folded(x, folds[0]) if folds[0] > 1 else x
+  return Folded(x, folds[0], chunks) if folds[0] > 1 or chunks > 1 else x
 
 
 @register("mobilenet")

@@ -27,6 +27,23 @@ computed before, from the same parameters (in the authors' layout), on the folde
   kernel and BatchNorm read as such (``groups``), so no lane shuffle is written.
 
 With s = 1 every function here is the identity (or the original operation).
+
+Chunks, for a small per-device batch. TPU tiles hold 8 rows ("sublanes") of 128 lanes. With 8 or
+more examples per device XLA's TPU convolution puts examples in the sublanes and both spatial axes
+in major positions, and a unit of the paper model's first stage moves ~25 tensors' worth of bytes;
+with fewer it splits the frequency axis into 8 pieces with halos of neighbouring cells, stores
+them in the sublanes, and converts every activation between that layout and the one the
+elementwise operations use: ~3x the bytes (a 4-unit stage at 2 x 304 frames x 1024 bins, fold 4,
+bfloat16, forward and backward, one v5e chip: 16.8 GB; the same data as 8 examples of 64 cells:
+5.4 GB; compiler estimates). ``chunk`` makes that split once, in the model's own layout:
+
+    (B, T, Q, L) -> (B * K, T, Q / K, L),   chunked[b * K + k, t, i] = x[b, t, k * Q / K + i],
+
+so that every layer sees B * K "examples". Everything but a convolution's frequency taps is local
+to a chunk (BatchNorm reduces over all of them; pooling, upsampling and concatenation keep a cell
+in its chunk); a convolution computes each chunk with zero padding and adds what the neighbouring
+chunks' edge cells contribute (``chunked_conv``), so the result is the convolution of the whole
+axis, as before. ``unchunk`` is the inverse; both are a transpose, made once per model.
 """
 import math
 
@@ -34,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 LANES = 128  # the minor tile of TPU memory (v4, v5e, v5p, v6e); read when a model is applied
+SUBLANES = 8  # its rows; read when a model is applied (1 turns chunking off)
 
 
 def fold_factor(channels, bins, lanes=None):
@@ -144,3 +162,70 @@ def upsample_kernel(kernel, s_in):
       sel[j, c, j * pf + c] = 1.0
   w = jnp.einsum("xcy,acio->xiayo", jnp.asarray(sel, kernel.dtype), kernel)
   return w.reshape(s_in * cin, pt * s_out * cout), s_out
+
+
+def chunk_count(batch, cells, reach=1, sublanes=None):
+  """The chunks of a folded model's frequency axis for a per-device ``batch``: the smallest power
+  of two K with batch * K >= ``sublanes`` (default ``SUBLANES``) that divides every level's
+  ``cells`` (folded frequency cells) leaving at least ``reach`` cells (a kernel's reach) per chunk;
+  smaller where that is not possible, 1 (no chunks) from ``sublanes`` examples on."""
+  sublanes = SUBLANES if sublanes is None else sublanes
+  k = 1
+  while batch * k < sublanes and all(c % (2 * k) == 0 and c // (2 * k) >= max(reach, 1)
+                                     for c in cells):
+    k *= 2
+  return k
+
+
+def chunk(x, k):
+  """(B, T, Q, L) -> (B * K, T, Q / K, L): frequency chunk k of example b is example b * K + k."""
+  if k == 1:
+    return x
+  b, t, q, lanes = x.shape
+  if q % k:
+    raise ValueError(f"cannot split {q} frequency cells into {k} chunks")
+  return x.reshape(b, t, k, q // k, lanes).transpose(0, 2, 1, 3, 4).reshape(b * k, t, q // k, lanes)
+
+
+def unchunk(x, k):
+  """(B * K, T, Q / K, L) -> (B, T, Q, L)."""
+  if k == 1:
+    return x
+  bk, t, qc, lanes = x.shape
+  return x.reshape(bk // k, k, t, qc, lanes).transpose(0, 2, 1, 3, 4).reshape(bk // k, t, k * qc,
+                                                                                lanes)
+
+
+def chunked_conv(x, kernel, reach, chunks, conv):
+  """``conv(x, kernel, freq_padding)`` ((lo, hi) cells of zeros on the frequency axis; the time
+  padding is conv's) of a chunked ``x`` (B * K, T, Qc, L) as the convolution of the unchunked
+  frequency axis with ``reach`` cells of zero padding: each chunk with zero padding, plus the
+  taps that reach into the neighbouring chunks, computed from their ``reach`` edge cells."""
+  y = conv(x, kernel, (reach, reach))
+  if chunks == 1 or reach == 0:
+    return y
+  bk, t, qc, lanes = x.shape
+  if qc < reach:
+    raise ValueError(f"a chunk of {qc} cells is narrower than the kernel's reach {reach}")
+
+  def from_neighbour(cells, step):
+    """Chunk k's copy of chunk k - step's ``cells`` (zeros past the ends: the axis' own zero
+    padding). Reshaped here, on the edge cells only: a reshape of the whole activation's batch
+    axis makes XLA's TPU layout assignment copy it."""
+    v = cells.reshape(bk // chunks, chunks, t, reach, lanes)
+    v = jnp.pad(v[:, :-1], ((0, 0), (1, 0), (0, 0), (0, 0), (0, 0))) if step > 0 else jnp.pad(
+        v[:, 1:], ((0, 0), (0, 1), (0, 0), (0, 0), (0, 0)))
+    return v.reshape(bk, t, reach, lanes)
+
+  # One strip per chunk: [left neighbours, 2 * reach zeros, right neighbours]; its convolution
+  # (no padding) gives the missing terms of the first reach cells, then of the last reach cells.
+  strip = jnp.concatenate([from_neighbour(x[:, :, qc - reach:], 1),
+                           jnp.zeros((bk, t, 2 * reach, lanes), x.dtype),
+                           from_neighbour(x[:, :, :reach], -1)], axis=2)
+  e = conv(strip, kernel, (0, 0))
+  if qc >= 2 * reach:
+    e = jnp.concatenate([e[:, :, :reach], jnp.zeros(e.shape[:2] + (qc - 2 * reach, e.shape[3]),
+                                                    e.dtype), e[:, :, reach:]], axis=2)
+    return y + e
+  edges = lambda v, lo, hi: jnp.pad(v, ((0, 0), (0, 0), (lo, hi), (0, 0)))
+  return y + edges(e[:, :, :reach], 0, qc - reach) + edges(e[:, :, reach:], qc - reach, 0)

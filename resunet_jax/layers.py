@@ -195,12 +195,14 @@ class _Base(nn.Module):
   conv_backend: str = "xla"
   remat: str = REMAT_NONE  # see parse_remat
   fold: int = 1  # frequency fold of this block's activations (resunet_jax.folding)
+  chunks: int = 1  # frequency chunks of the batch axis (resunet_jax.folding.chunk)
 
   def shared(self, **overrides):
     """The shared fields, for building a sub-block."""
     fields = dict(activation=self.activation, momentum=self.momentum, axis_name=self.axis_name,
                   dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
-                  conv_backend=self.conv_backend, remat=self.remat, fold=self.fold)
+                  conv_backend=self.conv_backend, remat=self.remat, fold=self.fold,
+                  chunks=self.chunks)
     fields.update(overrides)
     return fields
 
@@ -215,19 +217,20 @@ class _Base(nn.Module):
     return conv(features, kernel, groups=groups, bias=bias, dtype=self.dtype,
                 param_dtype=self.param_dtype, precision=self.precision,
                 backend=self.conv_backend, fold=self.fold if fold is None else fold,
-                in_groups=in_groups, name=name)
+                in_groups=in_groups, chunks=self.chunks, name=name)
 
 
 def conv(features, kernel=(3, 3), *, groups=1, bias=False, dtype=None, param_dtype=jnp.float32,
-         precision=None, backend="xla", fold=1, in_groups=1, name=None):
+         precision=None, backend="xla", fold=1, in_groups=1, chunks=1, name=None):
   """``nn.Conv`` with the authors' initialisation, stride 1, "SAME" padding, HWIO kernel; on a
-  frequency-folded input (``fold`` > 1) the same convolution computed on the folded grid
-  (``FoldedConv``, same parameters)."""
-  if fold > 1:
+  frequency-folded or chunked input (``fold`` > 1, ``chunks`` > 1) the same convolution computed
+  on the folded grid and across chunks (``FoldedConv``, same parameters)."""
+  if fold > 1 or chunks > 1:
     if groups != 1:
       raise ValueError("grouped convolutions are not computed on a folded layout")
-    return FoldedConv(features, tuple(kernel), fold=fold, in_groups=in_groups, use_bias=bias,
-                      dtype=dtype, param_dtype=param_dtype, precision=precision, name=name)
+    return FoldedConv(features, tuple(kernel), fold=fold, in_groups=in_groups, chunks=chunks,
+                      use_bias=bias, dtype=dtype, param_dtype=param_dtype, precision=precision,
+                      name=name)
   return nn.Conv(features, tuple(kernel), padding="SAME", feature_group_count=groups,
                  use_bias=bias, kernel_init=conv_init, dtype=dtype, param_dtype=param_dtype,
                  precision=precision, conv_general_dilated_cls=backends.conv_general_dilated_cls(
@@ -238,11 +241,13 @@ class FoldedConv(nn.Module):
   """A stride-1 "SAME" convolution (odd kernel) of a frequency-folded input: the parameters of
   ``nn.Conv`` (``kernel`` (kt, kf, C_in, C_out) HWIO, ``bias``), the kernel placed on the folded
   grid by ``folding.fold_kernel``. Input lanes (in_groups, fold, C_in / in_groups), output lanes
-  (fold, C_out)."""
+  (fold, C_out). ``chunks`` > 1: the input's frequency axis is split into that many chunks along
+  the batch axis (``folding.chunked_conv``)."""
   features: int
   kernel_size: Tuple[int, int]
   fold: int
   in_groups: int = 1
+  chunks: int = 1
   use_bias: bool = False
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
@@ -260,9 +265,13 @@ class FoldedConv(nn.Module):
             if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     folded, reach = folding.fold_kernel(kernel, s, self.in_groups)
-    y = lax.conv_general_dilated(x, folded, (1, 1), ((kt // 2, kt // 2), (reach, reach)),
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                 precision=self.precision)
+
+    def conv_fn(v, w, freq_padding):
+      return lax.conv_general_dilated(v, w, (1, 1), ((kt // 2, kt // 2), freq_padding),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      precision=self.precision)
+
+    y = folding.chunked_conv(x, folded, reach, self.chunks, conv_fn)
     if bias is not None:
       y = y + folding.lane_vector(bias, s)
     return y

@@ -120,7 +120,8 @@ class Separator(nn.Module):
   bn_axis_name: Optional[str] = None  # set inside shard_map for synchronised BatchNorm
   conv_backend: str = "auto"  # see resunet_jax.backends ("auto": "cpu" on CPU hosts, else "xla")
   # Activation layout (resunet_jax.folding): "natural" (B, T, F, C); "folded": frequency bins
-  # folded into the channels up to 128 lanes (TPU); "auto": folded when compiling for a TPU.
+  # folded into the channels up to 128 lanes and, below 8 examples per device, the frequency axis
+  # split into chunks along the batch axis (TPU); "auto": folded when compiling for a TPU.
   layout: str = "auto"
   # Rematerialisation (memory for FLOPs in training): "none", "unit", "stage" or
   # "<unit|stage>:<jax.checkpoint_policies name>" (layers.parse_remat).
@@ -164,6 +165,19 @@ class Separator(nn.Module):
         bins //= self.pools[i][1]
     return tuple(folds)
 
+  def chunks(self, batch):
+    """The frequency chunks of the folded layout for a per-device ``batch``
+    (``folding.chunk_count`` over every level's folded cells; 1 in the natural layout)."""
+    folds = self.folds()
+    if resolve_layout(self.layout) != "folded":
+      return 1
+    bins, cells = self.n_fft // 2, []
+    for i, s in enumerate(folds):
+      cells.append(bins // s)
+      if i < len(self.pools):
+        bins //= self.pools[i][1]
+    return folding.chunk_count(batch, cells)
+
   @nn.compact
   def __call__(self, waveform, train: bool = False, return_head: bool = False):
     """(B, L, C) waveform -> (B, S, L, C) separated sources.
@@ -203,13 +217,13 @@ class Separator(nn.Module):
       h = h.astype(self.dtype)
 
     h = backbones.get(self.backbone)(self, h, train)
-    fold = 1
+    fold = chunks = 1
     if isinstance(h, backbones.Folded):
-      h, fold = h
+      h, fold, chunks = h
     head = layers.conv(self.head_channels, (1, 1), bias=True, dtype=self.dtype,
                        param_dtype=self.param_dtype, precision=self.precision,
-                       backend=self.conv_backend, fold=fold, name="after_conv2")(h)
-    head = folding.unfold(head, fold)  # (B, T_pad, F, S*C*K*N)
+                       backend=self.conv_backend, fold=fold, chunks=chunks, name="after_conv2")(h)
+    head = folding.unfold(folding.unchunk(head, chunks), fold)  # (B, T_pad, F, S*C*K*N)
     raw_head = head
 
     head = head.astype(front_dtype)

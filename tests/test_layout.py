@@ -76,6 +76,59 @@ def test_fold_and_pool_and_upsample():
     assert _rel(folding.unfold(y, s_out), layers.upsample_conv(x, k)) < 1e-14
 
 
+@pytest.mark.parametrize("chunks,kernel,s", [(2, (3, 3), 1), (4, (3, 3), 4), (8, (3, 3), 2),
+                                             (4, (3, 5), 1), (2, (5, 3), 4), (4, (1, 1), 4),
+                                             (8, (3, 5), 2)])
+def test_chunked_convolution_equals_the_convolution(chunks, kernel, s):
+  """The chunked layout's convolution (each chunk zero-padded, plus what the neighbouring chunks'
+  edge cells contribute) is the convolution of the whole frequency axis, at every chunk boundary,
+  for reaches of one and two cells (kernel widths 3, 5) on the folded grid and off it."""
+  rng = np.random.default_rng(3)
+  cin, cout, f = 6, 5, 64
+  x = jnp.asarray(rng.standard_normal((2, 7, f, cin)))
+  w = jnp.asarray(rng.standard_normal(kernel + (cin, cout)))
+  pad = [(k // 2, k // 2) for k in kernel]
+  direct = lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  wf, reach = folding.fold_kernel(w, s)
+
+  def conv(v, k, freq_padding):
+    return lax.conv_general_dilated(v, k, (1, 1), [pad[0], freq_padding],
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  xc = folding.chunk(folding.fold(x, s), chunks)
+  assert xc.shape == (2 * chunks, 7, f // s // chunks, s * cin)
+  y = folding.chunked_conv(xc, wf, reach, chunks, conv)
+  assert _rel(folding.unfold(folding.unchunk(y, chunks), s), direct) < 1e-13
+  # Without the neighbours' terms the chunk edges would be wrong (the check can fail).
+  alone = folding.unfold(folding.unchunk(conv(xc, wf, (reach, reach)), chunks), s)
+  assert reach == 0 or _rel(alone, direct) > 1e-3
+
+
+def test_chunks():
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal((3, 5, 16, 4)))
+  for k in (1, 2, 4, 16):
+    c = folding.chunk(x, k)
+    assert c.shape == (3 * k, 5, 16 // k, 4)
+    j = k - 1  # example 1's last chunk
+    np.testing.assert_array_equal(c[1 * k + j], x[1, :, j * 16 // k:(j + 1) * 16 // k])
+    np.testing.assert_array_equal(folding.unchunk(c, k), x)
+  with pytest.raises(ValueError, match="cannot split 16 frequency cells into 3 chunks"):
+    folding.chunk(x, 3)
+  # The paper model's folded cells per level (2048-point FFT, folds 4, 2, 1 ...).
+  cells = (256, 256, 256, 128, 64, 32, 16)
+  assert folding.chunk_count(2, cells) == 4  # 8 rows of a TPU tile
+  assert folding.chunk_count(1, cells) == 8
+  assert folding.chunk_count(3, cells) == 4
+  assert folding.chunk_count(8, cells) == 1 and folding.chunk_count(16, cells) == 1
+  assert folding.chunk_count(1, (8, 4, 2)) == 2  # every level keeps a cell per chunk
+  assert folding.chunk_count(1, (12, 6)) == 2  # powers of two that divide every level
+  assert folding.chunk_count(1, cells, sublanes=1) == 1
+  paper = models.build_model("resunet143_ismir2021", layout="folded")
+  assert paper.chunks(2) == 4 and paper.chunks(16) == 1
+  assert models.build_model("resunet143_ismir2021", layout="natural").chunks(2) == 1
+
+
 def test_fold_factor():
   assert folding.fold_factor(32, 1024) == 4
   assert folding.fold_factor(64, 512) == 2
@@ -136,6 +189,7 @@ def test_folded_model_equals_natural_model(arch, kw):
   natural, variables = _variables(arch, tuple(sorted(kw.items())))
   folded = natural.clone(layout="folded")
   assert max(folded.folds()) > 1
+  assert folded.chunks(_input(natural).shape[0]) > 1  # the batch of 2 is computed in chunks
   assert natural.folds() == (1,) * len(folded.folds())
   # Same parameters from the same key (names, shapes, values).
   init_f = models.init_variables(folded, jax.random.PRNGKey(0))
