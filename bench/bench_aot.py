@@ -104,6 +104,7 @@ def counters(args, done):
           folding.SUBLANES = sublanes
         record = {**_slim(report), "key": key, "model": model, "layout": layout, "step": step,
                   "remat": remat, "model_summary": report.get("model"),
+                  "libtpu_version": aot.libtpu_version(), "jax_version": aot._jax_version(),
                   "wall_seconds": time.time() - t}
         _append(args.results, record)
         done[key] = record

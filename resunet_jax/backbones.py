@@ -58,11 +58,11 @@ def resunet(model, x, train):
   (upsampling + skip + ResStage), a post stage. 143 layers with the presets' sizes.
 
   With ``model.folds()`` (the frequency-folded layout, ``resunet_jax.folding``) every level
-  computes on its folded grid, its frequency axis in ``model.chunks(batch)`` chunks, and the
+  computes on its folded grid, its frequency axis in ``model.chunks(batch, train)`` chunks, and the
   result is returned folded (``Folded``)."""
   kw = model.layer_fields()
   folds = model.folds()  # one per level, then the centre's
-  chunks = model.chunks(x.shape[0])
+  chunks = model.chunks(x.shape[0], train)
   encoder = layers.stage_cls(layers.ResStage, model.remat)
   decoder = layers.stage_cls(layers.DecoderStage, model.remat)
 

@@ -35,7 +35,8 @@ with fewer it splits the frequency axis into 8 pieces with halos of neighbouring
 them in the sublanes, and converts every activation between that layout and the one the
 elementwise operations use: ~3x the bytes (a 4-unit stage at 2 x 304 frames x 1024 bins, fold 4,
 bfloat16, forward and backward, one v5e chip: 16.8 GB; the same data as 8 examples of 64 cells:
-5.4 GB; compiler estimates). ``chunk`` makes that split once, in the model's own layout:
+5.4 GB; compiler estimates). In training ``chunk`` makes that split once, in the model's own
+layout (inference does not need it: ``models.Separator.chunks``):
 
     (B, T, Q, L) -> (B * K, T, Q / K, L),   chunked[b * K + k, t, i] = x[b, t, k * Q / K + i],
 

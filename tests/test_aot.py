@@ -117,6 +117,7 @@ def test_smoke_config_fits_on_a_v5e_slice_and_contacts_nothing(tmp_path):
   assert r["flops_per_step"] > 0 and r["bytes_accessed_per_step"] > 0
   assert r["collectives"].get("all-reduce", 0) > 0  # gradients and BatchNorm over 4 chips
   assert r["model"]["layout"] == "folded" and r["model"]["conv_backend"] == "xla"  # TPU choices
+  assert r["model"]["chunks"] == 4  # 2 examples per chip: the frequency axis in 4 chunks
   roofline = r["per_chip_batch"] / max(r["flops_per_step"] / r["peak_bf16_flops"],
                                        r["bytes_accessed_per_step"] / r["hbm_bandwidth"])
   assert r["examples_per_chip_per_second_roofline"] == pytest.approx(roofline)

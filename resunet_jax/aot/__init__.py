@@ -372,7 +372,7 @@ def compile_report(config, topology: Topology, devices, step="train", per_chip_b
   lowered, model, examples, seconds = lowered_step(config, step, mesh, per_chip_batch,
                                                    chunk_seconds=chunk_seconds)
   report["examples_per_chip_per_step"] = examples  # every replica's on the chip
-  report["model"] = model_summary(config, model, per_chip_batch)
+  report["model"] = model_summary(config, model, per_chip_batch, train=step == "train")
   try:
     compiled = lowered.compile()
   except Exception as e:  # pylint: disable=broad-except
@@ -601,16 +601,17 @@ def format_report(r) -> str:
   return "\n".join(lines)
 
 
-def model_summary(config, model, per_chip_batch=None):
+def model_summary(config, model, per_chip_batch=None, train=True):
   """What the compiled program's model is (its runtime options as resolved for the target;
-  ``chunks``: the folded layout's frequency chunks at ``per_chip_batch`` examples per chip)."""
+  ``chunks``: the folded layout's frequency chunks at ``per_chip_batch`` examples per chip, in
+  training (``train``) or inference)."""
   # MobileNet keeps the natural layout whatever ``layout`` says (its depthwise convolutions have
   # no folded form): report what its program computes.
   natural = model.backbone == "mobilenet"
   return {"arch": config.model.arch, "dtype": None if model.dtype is None else str(model.dtype),
           "layout": "natural" if natural else model.layout, "remat": model.remat,
           "folds": [1] * len(model.folds()) if natural else list(model.folds()),
-          "chunks": 1 if natural or not per_chip_batch else model.chunks(per_chip_batch),
+          "chunks": 1 if natural or not per_chip_batch else model.chunks(per_chip_batch, train),
           "conv_backend": model.conv_backend}
 
 
