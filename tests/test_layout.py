@@ -78,7 +78,9 @@ def test_fold_and_pool_and_upsample():
 
 @pytest.mark.parametrize("chunks,kernel,s", [(2, (3, 3), 1), (4, (3, 3), 4), (8, (3, 3), 2),
                                              (4, (3, 5), 1), (2, (5, 3), 4), (4, (1, 1), 4),
-                                             (8, (3, 5), 2)])
+                                             (8, (3, 5), 2),
+                                             # chunks narrower than two reaches: 2 and 1 cells
+                                             (32, (3, 5), 1), (64, (3, 3), 1)])
 def test_chunked_convolution_equals_the_convolution(chunks, kernel, s):
   """The chunked layout's convolution (each chunk zero-padded, plus what the neighbouring chunks'
   edge cells contribute) is the convolution of the whole frequency axis, at every chunk boundary,
