@@ -152,6 +152,13 @@ class Separator(nn.Module):
                 axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype,
                 precision=self.precision, conv_backend=self.conv_backend, remat=self.remat)
 
+  def _level_bins(self):
+    """The frequency bins of each level's activations, then the centre's."""
+    bins = [self.n_fft // 2]
+    for pool in self.pools:
+      bins.append(bins[-1] // pool[1])
+    return bins
+
   def folds(self):
     """The frequency fold of each level's activations, then the centre's: all 1 in the natural
     layout; folded, each level's bins folded into its channels up to 128 lanes
@@ -159,12 +166,8 @@ class Separator(nn.Module):
     levels = len(self.channels) + 1
     if resolve_layout(self.layout) != "folded":
       return (1,) * levels
-    bins, folds = self.n_fft // 2, []
-    for i in range(levels):
-      folds.append(folding.fold_factor(self.channels[min(i, levels - 2)], bins))
-      if i < levels - 1:
-        bins //= self.pools[i][1]
-    return tuple(folds)
+    return tuple(folding.fold_factor(self.channels[min(i, levels - 2)], bins)
+                 for i, bins in enumerate(self._level_bins()))
 
   def chunks(self, batch, train=True):
     """The frequency chunks of the folded layout for a per-device ``batch`` in training
@@ -174,14 +177,9 @@ class Separator(nn.Module):
     41.0 in 4 chunks; the separation forward pass (one 30 s chunk) 63.4 unchunked, 65.1 in 8:
     without batch statistics XLA keeps its own split of the frequency axis through a whole stage,
     and chunks only add their edge terms."""
-    folds = self.folds()
     if resolve_layout(self.layout) != "folded" or not train:
       return 1
-    bins, cells = self.n_fft // 2, []
-    for i, s in enumerate(folds):
-      cells.append(bins // s)
-      if i < len(self.pools):
-        bins //= self.pools[i][1]
+    cells = [bins // s for bins, s in zip(self._level_bins(), self.folds())]
     return folding.chunk_count(batch, cells)
 
   @nn.compact
